@@ -1,0 +1,196 @@
+/* core: error codes and their per-thread detail, the log sink, file mapping,
+ * checked arithmetic and UTF-8 helpers shared by all modules.
+ */
+#include "core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *lloco_strerror(int err) {
+    switch (err) {
+    case LLOCO_OK: return "success";
+#define LLOCO_ERR_CASE(name, val, msg) case LLOCO_ERR_##name: return msg;
+        LLOCO_ERRNO_MAP(LLOCO_ERR_CASE)
+#undef LLOCO_ERR_CASE
+    }
+    return "unknown error";
+}
+
+static _Thread_local char tls_detail[1024];
+static _Thread_local int tls_code;
+
+int lloco_error(int err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tls_detail, sizeof tls_detail, fmt, ap);
+    va_end(ap);
+    tls_code = err;
+    return err;
+}
+
+const char *lloco_last_error(void) {
+    if (tls_detail[0]) return tls_detail;
+    return lloco_strerror(tls_code);
+}
+
+void lloco_error_clear(void) {
+    tls_detail[0] = 0;
+    tls_code = 0;
+}
+
+static void log_stderr(lloco_log_level level, const char *msg, void *user) {
+    (void)user;
+    static const char *names[] = {"debug", "info", "warning", "error"};
+    fprintf(stderr, "lloco: %s: %s\n", names[level], msg);
+}
+
+static lloco_log_fn log_fn = log_stderr;
+static lloco_log_level log_min = LLOCO_LOG_WARN;
+static void *log_user;
+
+void lloco_log_set(lloco_log_fn fn, lloco_log_level min_level, void *user) {
+    log_fn = fn ? fn : log_stderr;
+    log_min = min_level;
+    log_user = user;
+}
+
+void lloco_log(lloco_log_level level, const char *fmt, ...) {
+    if (level < log_min) return;
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    log_fn(level, buf, log_user);
+}
+
+int lloco_file_map(const char *path, lloco_mapped_file *out) {
+    out->data = NULL;
+    out->size = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return lloco_error(errno == ENOENT ? LLOCO_ERR_NOTFOUND : LLOCO_ERR_IO,
+                                   "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return lloco_error(LLOCO_ERR_IO, "%s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return lloco_error(LLOCO_ERR_IO, "%s: not a regular file", path);
+    }
+    if (st.st_size == 0) {
+        close(fd);
+        return 0;
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    int e = errno;
+    close(fd);
+    if (p == MAP_FAILED) return lloco_error(LLOCO_ERR_IO, "%s: mmap: %s", path, strerror(e));
+    out->data = p;
+    out->size = (size_t)st.st_size;
+    return 0;
+}
+
+void lloco_file_unmap(lloco_mapped_file *m) {
+    if (m->data) munmap((void *)m->data, m->size);
+    m->data = NULL;
+    m->size = 0;
+}
+
+int lloco_file_read(const char *path, size_t max_bytes, char **out, size_t *len) {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return lloco_error(errno == ENOENT ? LLOCO_ERR_NOTFOUND : LLOCO_ERR_IO,
+                               "%s: %s", path, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    if (!buf) {
+        fclose(f);
+        return lloco_error(LLOCO_ERR_NOMEM, "%s: out of memory", path);
+    }
+    for (;;) {
+        if (n + 1 >= cap) {
+            if (cap > max_bytes) {
+                free(buf);
+                fclose(f);
+                return lloco_error(LLOCO_ERR_RANGE, "%s: larger than %zu bytes", path, max_bytes);
+            }
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return lloco_error(LLOCO_ERR_NOMEM, "%s: out of memory", path);
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t r = fread(buf + n, 1, cap - 1 - n, f);
+        n += r;
+        if (r == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return lloco_error(LLOCO_ERR_IO, "%s: read error", path);
+    }
+    if (n > max_bytes) {
+        free(buf);
+        return lloco_error(LLOCO_ERR_RANGE, "%s: larger than %zu bytes", path, max_bytes);
+    }
+    buf[n] = 0;
+    *out = buf;
+    if (len) *len = n;
+    return 0;
+}
+
+int lloco_size_mul(size_t a, size_t b, size_t *out) {
+    if (a && b > SIZE_MAX / a) return LLOCO_ERR_RANGE;
+    *out = a * b;
+    return 0;
+}
+
+int lloco_size_add(size_t a, size_t b, size_t *out) {
+    if (b > SIZE_MAX - a) return LLOCO_ERR_RANGE;
+    *out = a + b;
+    return 0;
+}
+
+double lloco_time_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int lloco_utf8_seq_len(uint8_t c) {
+    if (c < 0x80) return 1;
+    if ((c & 0xE0) == 0xC0) return c >= 0xC2 ? 2 : 0;
+    if ((c & 0xF0) == 0xE0) return 3;
+    if ((c & 0xF8) == 0xF0) return c <= 0xF4 ? 4 : 0;
+    return 0;
+}
+
+size_t lloco_utf8_incomplete_tail(const char *s, size_t n) {
+    /* Walk back over at most 3 continuation bytes to the lead byte. */
+    size_t k = 0;
+    while (k < n && k < 3 && (((uint8_t)s[n - 1 - k]) & 0xC0) == 0x80) k++;
+    if (k == n) return 0;
+    uint8_t lead = (uint8_t)s[n - 1 - k];
+    int need = lloco_utf8_seq_len(lead);
+    if (need > 1 && (size_t)need > k + 1) return k + 1;
+    return 0;
+}
+
+void lloco_assert_fail(const char *cond, const char *file, int line) {
+    fprintf(stderr, "lloco: assertion failed: %s (%s:%d)\n", cond, file, line);
+    abort();
+}

@@ -1,0 +1,273 @@
+/* decoder: LLaMA-family models from GGUF or safetensors (+ config.json), their
+ * tokenizers, the transformer forward pass over a batch of sequences (each
+ * with its own KV cache, inputs as token ids or caller-supplied embeddings,
+ * logits or final hidden states out), sampling and chat templates.
+ *
+ * Ownership: a lloco_model owns its file mappings and everything derived
+ * from them; pointers it returns (hparams, tokenizer, token texts) are valid
+ * until lloco_model_close(). A lloco_decoder and every lloco_kv created for a
+ * model must be freed before the model is closed.
+ */
+#ifndef LLOCO_DECODER_H
+#define LLOCO_DECODER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+
+/* ---- tokenizer ---------------------------------------------------------- */
+
+typedef enum {
+    LLOCO_TOKENIZER_BPE = 0, /* GPT-2 byte-level BPE (SmolLM2, Llama-3, Qwen2) */
+    LLOCO_TOKENIZER_SPM = 1, /* SentencePiece BPE with byte fallback (Llama-2) */
+} lloco_tokenizer_kind;
+
+typedef struct lloco_tokenizer lloco_tokenizer;
+
+/* From a tokenizer.json (HF `tokenizers` format). tokenizer_config.json next
+ * to it, if present, supplies bos/eos and add_bos. */
+int lloco_tokenizer_load_json(const char *path, lloco_tokenizer **out);
+void lloco_tokenizer_free(lloco_tokenizer *t);
+
+lloco_tokenizer_kind lloco_tokenizer_kind_of(const lloco_tokenizer *t);
+/* Pre-tokenizer name as the model declares it ("smollm", "llama-bpe", ...). */
+const char *lloco_tokenizer_pre_name(const lloco_tokenizer *t);
+int32_t lloco_tokenizer_n_vocab(const lloco_tokenizer *t);
+int32_t lloco_tokenizer_bos(const lloco_tokenizer *t); /* -1 if none */
+int32_t lloco_tokenizer_eos(const lloco_tokenizer *t); /* -1 if none */
+int lloco_tokenizer_add_bos(const lloco_tokenizer *t); /* model's default */
+/* End-of-generation: eos, eot, <|im_end|>, <|endoftext|>, </s> ... */
+int lloco_tokenizer_is_eog(const lloco_tokenizer *t, int32_t id);
+/* Token id of an exact piece text (e.g. "<|im_start|>"), or -1. */
+int32_t lloco_tokenizer_find(const lloco_tokenizer *t, const char *piece);
+
+/* Encodes text (len bytes, need not be valid UTF-8: invalid bytes are read
+ * as U+FFFD, as llama.cpp does). add_bos prepends BOS when the model has one.
+ * parse_special: occurrences of special/control token texts map to their ids
+ * instead of being tokenized as text. Writes up to cap ids to out and the
+ * total count to *n_out; LLOCO_ERR_FULL if cap was too small (*n_out then
+ * says how many were needed). */
+int lloco_tokenizer_encode(const lloco_tokenizer *t, const char *text, size_t len, int add_bos,
+                           int parse_special, int32_t *out, int cap, int *n_out);
+
+/* The bytes a token stands for when detokenized (byte-level decoded for
+ * BPE, ▁ -> space and <0xNN> -> byte for SPM; special tokens give their text
+ * only if render_special). Returns the byte count (may exceed cap: then only
+ * cap bytes were written). -1 for an id out of range. */
+int lloco_tokenizer_piece(const lloco_tokenizer *t, int32_t id, int render_special, char *buf,
+                          int cap);
+/* Raw vocabulary string of a token (NUL-terminated). NULL if out of range. */
+const char *lloco_tokenizer_token_text(const lloco_tokenizer *t, int32_t id);
+
+/* Detokenizes ids into buf (NUL-terminated if cap > 0); returns the byte
+ * count needed. SPM drops the leading space of the first piece. */
+int lloco_tokenizer_decode(const lloco_tokenizer *t, const int32_t *ids, int n,
+                           int render_special, char *buf, int cap);
+
+/* Streaming detokenizer: feed ids one at a time; it emits only complete
+ * UTF-8 sequences, holding back an unfinished tail until it completes (or
+ * until flush, which emits it as is). */
+typedef struct {
+    const lloco_tokenizer *tok;
+    int render_special;
+    int n_fed;
+    char pending[8];
+    int n_pending;
+} lloco_detok;
+
+void lloco_detok_init(lloco_detok *d, const lloco_tokenizer *t, int render_special);
+/* Appends the printable bytes for id to out (cap bytes); returns the number
+ * written, or the number needed if > cap (nothing consumed then). */
+int lloco_detok_push(lloco_detok *d, int32_t id, char *out, int cap);
+int lloco_detok_flush(lloco_detok *d, char *out, int cap);
+
+/* ---- model -------------------------------------------------------------- */
+
+typedef enum {
+    LLOCO_ROPE_NORMAL = 0, /* adjacent pairs (GGUF llama convention) */
+    LLOCO_ROPE_NEOX = 1,   /* halves (HF rotate_half) */
+} lloco_rope_mode;
+
+typedef enum {
+    LLOCO_ROPE_SCALING_NONE = 0,
+    LLOCO_ROPE_SCALING_LINEAR,
+    LLOCO_ROPE_SCALING_LLAMA3,
+} lloco_rope_scaling;
+
+typedef struct {
+    char arch[32];       /* "llama" */
+    int n_layer;
+    int d_model;
+    int n_head;
+    int n_head_kv;
+    int head_dim;
+    int d_ff;
+    int n_vocab;
+    int n_ctx_train;
+    float rms_eps;
+    float rope_theta;
+    int rope_dim;
+    lloco_rope_mode rope_mode;
+    lloco_rope_scaling rope_scaling;
+    float rope_factor;           /* linear/llama3 factor */
+    float rope_low_freq_factor;  /* llama3 */
+    float rope_high_freq_factor; /* llama3 */
+    int rope_orig_ctx;           /* llama3 */
+    int tied_embeddings;
+} lloco_hparams;
+
+typedef enum {
+    LLOCO_MODEL_FORMAT_GGUF = 0,
+    LLOCO_MODEL_FORMAT_SAFETENSORS = 1,
+} lloco_model_format;
+
+typedef struct lloco_model lloco_model;
+
+/* path: a .gguf file, or a directory (or .safetensors / index file) with
+ * config.json and tokenizer.json beside it. A missing path gives
+ * LLOCO_ERR_NOTFOUND with a message naming the path. */
+int lloco_model_open(const char *path, lloco_model **out);
+void lloco_model_close(lloco_model *m);
+
+const lloco_hparams *lloco_model_hparams(const lloco_model *m);
+const lloco_tokenizer *lloco_model_tokenizer(const lloco_model *m);
+lloco_model_format lloco_model_format_of(const lloco_model *m);
+/* Chat template source text from the file, or NULL. */
+const char *lloco_model_chat_template(const lloco_model *m);
+/* Total bytes of weight data the forward pass reads per token. */
+size_t lloco_model_weight_bytes(const lloco_model *m);
+/* Token embedding row as f32 (d_model floats into out). */
+int lloco_model_embed_token(const lloco_model *m, int32_t id, float *out);
+
+/* Prints architecture, hyper-parameters, tokenizer and the tensor table of a
+ * model file or directory (the `lloco inspect` command) to f. */
+int lloco_model_inspect(const char *path, void *file /* FILE* */);
+
+/* ---- KV cache ----------------------------------------------------------- */
+
+typedef struct lloco_kv lloco_kv;
+
+/* A sequence's cache; grows on demand up to max_ctx positions (<= 0: the
+ * model's training context). kv_type: F16 (default) or F32. */
+int lloco_kv_create(const lloco_model *m, int max_ctx, lloco_dtype kv_type, lloco_kv **out);
+void lloco_kv_free(lloco_kv *kv);
+int lloco_kv_len(const lloco_kv *kv);
+int lloco_kv_max(const lloco_kv *kv);
+/* Forgets positions >= n. */
+void lloco_kv_truncate(lloco_kv *kv, int n);
+size_t lloco_kv_bytes(const lloco_kv *kv);
+
+/* ---- forward pass ------------------------------------------------------- */
+
+typedef struct lloco_decoder lloco_decoder;
+
+typedef struct {
+    lloco_backend_kind backend; /* default LLOCO_BACKEND_CPU */
+    int n_threads;              /* <= 0: all online CPUs */
+    int max_batch_tokens;       /* positions per internal step; <= 0: 512 */
+} lloco_decoder_params;
+
+void lloco_decoder_params_default(lloco_decoder_params *p);
+int lloco_decoder_create(const lloco_model *m, const lloco_decoder_params *p,
+                         lloco_decoder **out);
+void lloco_decoder_free(lloco_decoder *d);
+lloco_backend *lloco_decoder_backend(lloco_decoder *d);
+const lloco_model *lloco_decoder_model(const lloco_decoder *d);
+
+/* Use as a token id to take the position's input from embd instead. */
+#define LLOCO_TOKEN_EMBD (-1)
+
+/* One sequence's part of a forward call: n new positions appended to kv at
+ * positions kv_len..kv_len+n-1. */
+typedef struct {
+    lloco_kv *kv;
+    int n;
+    const int32_t *tokens; /* [n]; LLOCO_TOKEN_EMBD entries read embd */
+    const float *embd;     /* [n][d_model] or NULL (row i used when
+                              tokens == NULL or tokens[i] == LLOCO_TOKEN_EMBD) */
+    /* Outputs at chosen positions (indices 0..n-1 within this call). */
+    int n_out;
+    const int32_t *out_idx; /* [n_out]; NULL with n_out == 1 means the last */
+    float *logits;          /* [n_out][n_vocab] or NULL */
+    float *hidden;          /* [n_out][d_model] after the final norm, or NULL */
+} lloco_seq_batch;
+
+/* Runs all sequences' new positions through the model together (matmuls
+ * over the concatenated rows; attention per sequence against its own cache)
+ * and appends them to the caches. On error no cache has grown. */
+int lloco_decoder_forward(lloco_decoder *d, lloco_seq_batch *seqs, int n_seqs);
+
+/* ---- sampling ----------------------------------------------------------- */
+
+typedef struct {
+    float temperature; /* <= 0: greedy */
+    int top_k;         /* <= 0: off */
+    float top_p;       /* >= 1: off */
+    uint64_t seed;
+} lloco_sampler_params;
+
+typedef struct lloco_sampler lloco_sampler;
+void lloco_sampler_params_default(lloco_sampler_params *p);
+int lloco_sampler_create(const lloco_sampler_params *p, int n_vocab, lloco_sampler **out);
+void lloco_sampler_free(lloco_sampler *s);
+/* Picks a token from logits[n_vocab] (logits may be modified). */
+int32_t lloco_sampler_sample(lloco_sampler *s, float *logits);
+
+/* ---- generation --------------------------------------------------------- */
+
+typedef enum {
+    LLOCO_STOP_LENGTH = 0, /* max_tokens reached */
+    LLOCO_STOP_EOG,        /* end-of-generation token */
+    LLOCO_STOP_STRING,     /* a stop string appeared */
+    LLOCO_STOP_CONTEXT,    /* the KV cache is full */
+    LLOCO_STOP_CALLBACK,   /* on_text asked to stop */
+} lloco_stop_reason;
+
+typedef struct {
+    int max_tokens;
+    lloco_sampler_params sampling;
+    const char *const *stop; /* stop strings (not emitted) */
+    int n_stop;
+    /* Called with each piece of text as it becomes final (whole UTF-8
+     * characters, never part of a stop string); non-zero return stops. */
+    int (*on_text)(const char *text, size_t len, void *user);
+    void *user;
+    float *prompt_logits; /* optional [n_vocab]: logits after the prompt */
+} lloco_generate_params;
+
+typedef struct {
+    int n_prompt, n_generated;
+    double t_prefill, t_decode; /* seconds */
+    lloco_stop_reason stop;
+} lloco_generate_stats;
+
+void lloco_generate_params_default(lloco_generate_params *p);
+/* Feeds prompt[n_prompt] (appended to kv) and samples up to max_tokens.
+ * Generated token ids go to out_ids (cap out_cap, may be NULL). */
+int lloco_generate(lloco_decoder *d, lloco_kv *kv, const int32_t *prompt, int n_prompt,
+                   const lloco_generate_params *p, int32_t *out_ids, int out_cap,
+                   lloco_generate_stats *stats);
+
+/* ---- chat templates ----------------------------------------------------- */
+
+typedef enum {
+    LLOCO_CHAT_CHATML = 0, /* <|im_start|>role\n...<|im_end|>\n */
+    LLOCO_CHAT_LLAMA2 = 1, /* <s>[INST] <<SYS>>...<</SYS>> ... [/INST] */
+    LLOCO_CHAT_LLAMA3 = 2,
+} lloco_chat_format;
+
+typedef struct {
+    const char *role; /* "system", "user", "assistant" */
+    const char *content;
+} lloco_chat_msg;
+
+/* Detects the format from the model's template text (ChatML when absent
+ * and the vocabulary has <|im_start|>, else Llama-2). */
+lloco_chat_format lloco_chat_detect(const lloco_model *m);
+/* Renders msgs (and, if add_assistant, the opening of the assistant turn)
+ * into a heap string the caller frees. */
+int lloco_chat_render(lloco_chat_format f, const lloco_chat_msg *msgs, int n,
+                      int add_assistant, char **out);
+
+#endif

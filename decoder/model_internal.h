@@ -1,0 +1,48 @@
+/* Private to decoder/: the in-memory LLaMA-family model every loader fills
+ * and the forward pass reads. Weight pointers point into the file mappings
+ * (or into `owned` buffers for tensors that needed conversion).
+ */
+#ifndef LLOCO_DECODER_MODEL_INTERNAL_H
+#define LLOCO_DECODER_MODEL_INTERNAL_H
+
+#include "decoder.h"
+#include "gguf.h"
+#include "safetensors.h"
+
+typedef struct {
+    const void *data;
+    lloco_dtype type;
+    int rows; /* output features */
+    int cols; /* input features: contiguous */
+} lloco_weight;
+
+typedef struct {
+    const float *attn_norm; /* (d_model) */
+    lloco_weight wq;        /* (n_head*head_dim, d_model) */
+    lloco_weight wk;        /* (n_head_kv*head_dim, d_model) */
+    lloco_weight wv;        /* (n_head_kv*head_dim, d_model) */
+    lloco_weight wo;        /* (d_model, n_head*head_dim) */
+    const float *bq, *bk, *bv; /* optional biases (Qwen2), NULL otherwise */
+    const float *ffn_norm;  /* (d_model) */
+    lloco_weight w_gate;    /* (d_ff, d_model) */
+    lloco_weight w_up;      /* (d_ff, d_model) */
+    lloco_weight w_down;    /* (d_model, d_ff) */
+} lloco_layer;
+
+struct lloco_model {
+    lloco_hparams hp;
+    lloco_model_format format;
+    lloco_gguf *gguf;
+    lloco_st *st;
+    lloco_tokenizer *tok;
+    char *chat_template;
+    lloco_weight tok_embd; /* (n_vocab, d_model) */
+    const float *out_norm; /* (d_model) */
+    lloco_weight output;   /* (n_vocab, d_model); == tok_embd when tied */
+    lloco_layer *layers;   /* (n_layer) */
+    float *inv_freq;       /* (rope_dim/2) rotary frequencies, scaling applied */
+    void **owned;          /* converted tensors freed with the model */
+    int n_owned;
+};
+
+#endif

@@ -1,0 +1,710 @@
+/* cpu: the optimized CPU backend. It picks the widest SIMD kernels the
+ * machine runs (cpu_avx512.c, cpu_avx2.c, or the portable C here), splits
+ * each op over a persistent thread pool, and keeps scratch memory between
+ * calls. Results equal cpu_ref's up to float summation order.
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/backend_impl.h"
+#include "kernels/blocks.h"
+#include "kernels/cpu_kernels.h"
+
+/* Below this many activation rows the matmul streams weight rows straight
+ * from their GGUF blocks (decode); from it on, it packs panels of weight rows
+ * once and reuses them for every activation tile (prefill). */
+#define MM_PACKED_MIN_M 4
+/* Panels a thread packs at once: their bytes stay in L2 while every
+ * activation tile streams past them. */
+#define MM_MACRO_PANELS 8
+/* Weight rows per decode chunk: keeps chunks on whole cache lines. */
+#define MM_ROW_ALIGN 16
+/* Elementwise ops smaller than this run on the calling thread: a dispatch
+ * costs more than the work. */
+#define PARALLEL_MIN_ELEMS 32768
+/* Query rows per attention task: the KV values converted for one chunk of
+ * positions serve this many rows times the heads sharing a KV head. */
+#define ATTN_ROWS 4
+/* Positions per split when one sequence's attention is cut into pieces so
+ * that every thread gets work (decode). */
+#define ATTN_MIN_SPLIT 256
+
+typedef struct {
+    lloco_threadpool *pool;
+    int n_threads;
+    lloco_cpu_isa isa;
+    const cpu_kernels *kern; /* NULL: portable code only */
+    uint8_t *scratch;
+    size_t scratch_size;
+} cpu_ctx;
+
+/* ---- ISA ---------------------------------------------------------------- */
+
+lloco_cpu_isa lloco_cpu_isa_detect(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                     __builtin_cpu_supports("f16c");
+    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+        return LLOCO_CPU_ISA_AVX512;
+    if (avx2) return LLOCO_CPU_ISA_AVX2;
+#endif
+    return LLOCO_CPU_ISA_SCALAR;
+}
+
+const char *lloco_cpu_isa_name(lloco_cpu_isa isa) {
+    switch (isa) {
+    case LLOCO_CPU_ISA_SCALAR: return "scalar";
+    case LLOCO_CPU_ISA_AVX2: return "avx2";
+    case LLOCO_CPU_ISA_AVX512: return "avx512";
+    default: return "unknown";
+    }
+}
+
+static const cpu_kernels *kernels_for(lloco_cpu_isa isa) {
+#if defined(__x86_64__)
+    if (isa == LLOCO_CPU_ISA_AVX512) return &lloco_cpu_kernels_avx512;
+    if (isa == LLOCO_CPU_ISA_AVX2) return &lloco_cpu_kernels_avx2;
+#endif
+    (void)isa;
+    return NULL;
+}
+
+/* ---- helpers ------------------------------------------------------------ */
+
+/* Scratch memory shared by the ops of one backend (one op at a time). NULL
+ * if it cannot grow; the op then falls back to the reference code, which
+ * needs none. */
+static void *scratch_get(cpu_ctx *cx, size_t size) {
+    if (size <= cx->scratch_size) return cx->scratch;
+    size_t want = (size + size / 4 + 63) & ~(size_t)63;
+    free(cx->scratch);
+    cx->scratch = aligned_alloc(64, want);
+    cx->scratch_size = cx->scratch ? want : 0;
+    if (!cx->scratch)
+        lloco_log(LLOCO_LOG_WARN, "cpu backend: no memory for %zu bytes of scratch, using reference kernels",
+                  size);
+    return cx->scratch;
+}
+
+/* Thread ith's share [*b, *e) of n items, cut on multiples of `align`. */
+static void split_range(int64_t n, int64_t align, int ith, int nth, int64_t *b, int64_t *e) {
+    const int64_t units = (n + align - 1) / align;
+    *b = units * ith / nth * align;
+    *e = units * (ith + 1) / nth * align;
+    if (*b > n) *b = n;
+    if (*e > n) *e = n;
+}
+
+static size_t align64(size_t x) { return (x + 63) & ~(size_t)63; }
+
+static int is_int8_type(lloco_dtype t) {
+    return t == LLOCO_DTYPE_Q8_0 || t == LLOCO_DTYPE_Q4_0 || t == LLOCO_DTYPE_Q4_1;
+}
+
+/* ---- matmul ------------------------------------------------------------- */
+
+typedef struct {
+    const cpu_kernels *kern;
+    const uint8_t *w;
+    lloco_dtype wt;
+    int n, k;
+    size_t row_bytes;
+    const float *x;
+    int m;
+    float *y;
+    int packed;       /* prefill kernels (panels x tiles) rather than decode */
+    uint8_t *act;     /* quantized activations: m rows (padded to a tile) */
+    size_t act_bytes; /* per row */
+    uint8_t *panels;  /* per thread: MM_MACRO_PANELS * panel_bytes */
+    size_t panel_bytes;
+    lloco_dtype at;   /* portable path: activations as GGML blocks of this type */
+} mm_job;
+
+static void mm_quantize_task(void *p, int ith, int nth) {
+    mm_job *j = p;
+    int64_t b, e;
+    split_range(j->m, 1, ith, nth, &b, &e);
+    for (int64_t i = b; i < e; i++) {
+        if (j->kern && is_int8_type(j->wt))
+            j->kern->quantize_act(j->wt, j->x + i * j->k, j->k, j->packed, j->act + i * j->act_bytes);
+        else
+            lloco_quantize_row(j->at, j->x + i * j->k, j->act + i * j->act_bytes, j->k);
+    }
+}
+
+static void mm_rows_task(void *p, int ith, int nth) {
+    mm_job *j = p;
+    int64_t b, e;
+    split_range(j->n, MM_ROW_ALIGN, ith, nth, &b, &e);
+    if (b >= e) return;
+    for (int i = 0; i < j->m; i++)
+        j->kern->mm_rows(j->wt, j->w + b * j->row_bytes, j->row_bytes, (int)(e - b), j->k,
+                         j->act + i * j->act_bytes, j->y + (size_t)i * j->n + b);
+}
+
+static void mm_packed_task(void *p, int ith, int nth) {
+    mm_job *j = p;
+    const cpu_kernels *kn = j->kern;
+    const int R = kn->tile_r, C = kn->tile_c;
+    int64_t pb, pe;
+    split_range((j->n + R - 1) / R, 1, ith, nth, &pb, &pe);
+    uint8_t *panels = j->panels + (size_t)ith * MM_MACRO_PANELS * j->panel_bytes;
+    float out[64];
+    LLOCO_ASSERT(R * C <= 64);
+    for (int64_t p0 = pb; p0 < pe; p0 += MM_MACRO_PANELS) {
+        const int np = (int)(pe - p0 < MM_MACRO_PANELS ? pe - p0 : MM_MACRO_PANELS);
+        for (int q = 0; q < np; q++) {
+            const int64_t r0 = (p0 + q) * R;
+            const int rows = (int)(j->n - r0 < R ? j->n - r0 : R);
+            kn->mm_pack(j->wt, j->w + r0 * j->row_bytes, j->row_bytes, rows, j->k, panels + q * j->panel_bytes);
+        }
+        for (int i0 = 0; i0 < j->m; i0 += C) {
+            for (int q = 0; q < np; q++) {
+                kn->mm_tile(j->wt, panels + q * j->panel_bytes, j->k, j->act + i0 * j->act_bytes, j->act_bytes, out);
+                const int64_t r0 = (p0 + q) * R;
+                const int rows = (int)(j->n - r0 < R ? j->n - r0 : R);
+                const int cols = j->m - i0 < C ? j->m - i0 : C;
+                for (int c = 0; c < cols; c++)
+                    for (int r = 0; r < rows; r++) j->y[(size_t)(i0 + c) * j->n + r0 + r] = out[c * R + r];
+            }
+        }
+    }
+}
+
+static void mm_portable_task(void *p, int ith, int nth) {
+    mm_job *j = p;
+    int64_t b, e;
+    split_range(j->n, MM_ROW_ALIGN, ith, nth, &b, &e);
+    for (int64_t r = b; r < e; r++)
+        for (int i = 0; i < j->m; i++)
+            j->y[(size_t)i * j->n + r] =
+                lloco_ref_vec_dot(j->wt, j->w + r * j->row_bytes, j->act + i * j->act_bytes, j->k);
+}
+
+/* Float weights without SIMD: convert a piece of a weight row once, dot it
+ * with every activation row. */
+static void mm_float_portable(lloco_dtype wt, const uint8_t *w, size_t row_bytes, int nrows, int k,
+                              const float *x, int m, float *y, int ldy) {
+    float buf[256];
+    for (int r = 0; r < nrows; r++) {
+        const uint8_t *row = w + (size_t)r * row_bytes;
+        for (int i = 0; i < m; i++) y[(size_t)i * ldy + r] = 0.0f;
+        for (int e0 = 0; e0 < k; e0 += 256) {
+            const int len = k - e0 < 256 ? k - e0 : 256;
+            lloco_dequantize_row(wt, row + (size_t)e0 * lloco_dtype_block_bytes(wt), buf, len);
+            for (int i = 0; i < m; i++) {
+                const float *xi = x + (size_t)i * k + e0;
+                float s = 0.0f;
+                for (int e = 0; e < len; e++) s += xi[e] * buf[e];
+                y[(size_t)i * ldy + r] += s;
+            }
+        }
+    }
+}
+
+static void mm_float_task(void *p, int ith, int nth) {
+    mm_job *j = p;
+    int64_t b, e;
+    split_range(j->n, MM_ROW_ALIGN, ith, nth, &b, &e);
+    if (b >= e) return;
+    if (j->kern)
+        j->kern->mm_float(j->wt, j->w + b * j->row_bytes, j->row_bytes, (int)(e - b), j->k, j->x, j->m,
+                          j->y + b, j->n);
+    else
+        mm_float_portable(j->wt, j->w + b * j->row_bytes, j->row_bytes, (int)(e - b), j->k, j->x, j->m,
+                          j->y + b, j->n);
+}
+
+static void cpu_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, int k,
+                       const float *x, int m, float *y) {
+    cpu_ctx *cx = be->ctx;
+    mm_job j = {.kern = cx->kern, .w = w, .wt = wt, .n = n, .k = k,
+                .row_bytes = lloco_dtype_row_bytes(wt, k), .x = x, .m = m, .y = y};
+    if (lloco_dtype_vec_dot_type(wt) == LLOCO_DTYPE_F32) {
+        lloco_threadpool_run(cx->pool, mm_float_task, &j);
+        return;
+    }
+    const cpu_kernels *kn = cx->kern;
+    const int int8 = kn && is_int8_type(wt);
+    j.packed = int8 && m >= MM_PACKED_MIN_M;
+    /* Activation rows padded to whole tiles with zero rows, so tiles never
+     * have a ragged edge. */
+    const int m_pad = j.packed ? (m + kn->tile_c - 1) / kn->tile_c * kn->tile_c : m;
+    j.at = lloco_dtype_vec_dot_type(wt);
+    j.act_bytes = int8 ? kn->act_row_bytes(wt, k, j.packed) : lloco_dtype_row_bytes(j.at, k);
+    j.panel_bytes = j.packed ? kn->mm_panel_bytes(wt, k) : 0;
+    const size_t act_total = align64((size_t)m_pad * j.act_bytes);
+    uint8_t *mem = scratch_get(cx, act_total + (size_t)cx->n_threads * MM_MACRO_PANELS * j.panel_bytes);
+    if (!mem) {
+        lloco_ref_matmul(be, w, wt, n, k, x, m, y);
+        return;
+    }
+    j.act = mem;
+    j.panels = mem + act_total;
+    memset(j.act + (size_t)m * j.act_bytes, 0, (size_t)(m_pad - m) * j.act_bytes);
+    if ((int64_t)m * k < PARALLEL_MIN_ELEMS / 4) /* a few rows: not worth a dispatch */
+        mm_quantize_task(&j, 0, 1);
+    else
+        lloco_threadpool_run(cx->pool, mm_quantize_task, &j);
+    lloco_threadpool_run(cx->pool, !int8 ? mm_portable_task : j.packed ? mm_packed_task : mm_rows_task, &j);
+}
+
+/* ---- row-wise ops ------------------------------------------------------- */
+
+static void rmsnorm_row_portable(const float *x, const float *w, int d, float eps, float *y) {
+    double ss = 0.0;
+    for (int j = 0; j < d; j++) ss += (double)x[j] * x[j];
+    const float scale = 1.0f / sqrtf((float)(ss / d) + eps);
+    for (int j = 0; j < d; j++) y[j] = x[j] * scale * w[j];
+}
+
+static void softmax_row_portable(float *x, int n) { lloco_ref_softmax(NULL, x, 1, n); }
+
+typedef struct {
+    const cpu_kernels *kern;
+    const float *x, *w, *b;
+    float *y;
+    int m, d;
+    float eps;
+} rows_job;
+
+static void rmsnorm_task(void *p, int ith, int nth) {
+    rows_job *j = p;
+    int64_t b, e;
+    split_range(j->m, 1, ith, nth, &b, &e);
+    for (int64_t i = b; i < e; i++) {
+        const float *xi = j->x + i * j->d;
+        float *yi = j->y + i * j->d;
+        if (j->kern) j->kern->rmsnorm_row(xi, j->w, j->d, j->eps, yi);
+        else rmsnorm_row_portable(xi, j->w, j->d, j->eps, yi);
+    }
+}
+
+static void run_rows(cpu_ctx *cx, lloco_task_fn fn, void *job, int64_t elems) {
+    if (elems < PARALLEL_MIN_ELEMS) fn(job, 0, 1);
+    else lloco_threadpool_run(cx->pool, fn, job);
+}
+
+static void cpu_rmsnorm(lloco_backend *be, const float *x, const float *w, int m, int d, float eps,
+                        float *y) {
+    cpu_ctx *cx = be->ctx;
+    rows_job j = {.kern = cx->kern, .x = x, .w = w, .y = y, .m = m, .d = d, .eps = eps};
+    run_rows(cx, rmsnorm_task, &j, (int64_t)m * d);
+}
+
+static void layernorm_task(void *p, int ith, int nth) {
+    rows_job *j = p;
+    int64_t b, e;
+    split_range(j->m, 1, ith, nth, &b, &e);
+    if (b < e)
+        lloco_ref_layernorm(NULL, j->x + b * j->d, j->w, j->b, (int)(e - b), j->d, j->eps,
+                            j->y + b * j->d);
+}
+
+static void cpu_layernorm(lloco_backend *be, const float *x, const float *w, const float *b, int m,
+                          int d, float eps, float *y) {
+    cpu_ctx *cx = be->ctx;
+    rows_job j = {.x = x, .w = w, .b = b, .y = y, .m = m, .d = d, .eps = eps};
+    run_rows(cx, layernorm_task, &j, (int64_t)m * d);
+}
+
+static void softmax_task(void *p, int ith, int nth) {
+    rows_job *j = p;
+    int64_t b, e;
+    split_range(j->m, 1, ith, nth, &b, &e);
+    for (int64_t i = b; i < e; i++) {
+        if (j->kern) j->kern->softmax_row(j->y + i * j->d, j->d);
+        else softmax_row_portable(j->y + i * j->d, j->d);
+    }
+}
+
+static void cpu_softmax(lloco_backend *be, float *x, int m, int n) {
+    cpu_ctx *cx = be->ctx;
+    rows_job j = {.kern = cx->kern, .y = x, .m = m, .d = n};
+    run_rows(cx, softmax_task, &j, (int64_t)m * n);
+}
+
+typedef struct {
+    float *x;
+    int m, n_heads, head_dim, rot_dim;
+    const int32_t *pos;
+    const float *inv_freq;
+    float mscale;
+    int neox;
+} rope_job;
+
+/* Angles depend on the row and the pair only, so cos/sin are computed once
+ * per row (with the same cosf/sinf calls as the reference) and reused by
+ * every head. */
+static void rope_task(void *p, int ith, int nth) {
+    rope_job *j = p;
+    int64_t b, e;
+    split_range(j->m, 1, ith, nth, &b, &e);
+    const int half = j->rot_dim / 2;
+    enum { CHUNK = 128 };
+    float cs[CHUNK], sn[CHUNK];
+    for (int64_t i = b; i < e; i++) {
+        for (int j0 = 0; j0 < half; j0 += CHUNK) {
+            const int len = half - j0 < CHUNK ? half - j0 : CHUNK;
+            for (int t = 0; t < len; t++) {
+                const float theta = (float)j->pos[i] * j->inv_freq[j0 + t];
+                cs[t] = cosf(theta) * j->mscale;
+                sn[t] = sinf(theta) * j->mscale;
+            }
+            for (int h = 0; h < j->n_heads; h++) {
+                float *v = j->x + (i * j->n_heads + h) * j->head_dim;
+                if (j->neox) {
+                    float *a = v + j0, *c = v + half + j0;
+                    for (int t = 0; t < len; t++) {
+                        const float x0 = a[t], x1 = c[t];
+                        a[t] = x0 * cs[t] - x1 * sn[t];
+                        c[t] = x0 * sn[t] + x1 * cs[t];
+                    }
+                } else {
+                    float *a = v + 2 * j0;
+                    for (int t = 0; t < len; t++) {
+                        const float x0 = a[2 * t], x1 = a[2 * t + 1];
+                        a[2 * t] = x0 * cs[t] - x1 * sn[t];
+                        a[2 * t + 1] = x0 * sn[t] + x1 * cs[t];
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void cpu_rope(lloco_backend *be, float *x, int m, int n_heads, int head_dim, int rot_dim,
+                     const int32_t *pos, const float *inv_freq, float mscale, int neox) {
+    cpu_ctx *cx = be->ctx;
+    rope_job j = {x, m, n_heads, head_dim, rot_dim, pos, inv_freq, mscale, neox};
+    run_rows(cx, rope_task, &j, (int64_t)m * n_heads * head_dim * 8); /* cos/sin are dear */
+}
+
+/* ---- elementwise -------------------------------------------------------- */
+
+typedef struct {
+    const cpu_kernels *kern;
+    const float *a, *b;
+    float *out;
+    int64_t n;
+    int approx;
+} ew_job;
+
+/* Elementwise shares are cut on 64 floats so threads never split a line. */
+static void silu_mul_task(void *p, int ith, int nth) {
+    ew_job *j = p;
+    int64_t b, e;
+    split_range(j->n, 64, ith, nth, &b, &e);
+    if (b >= e) return;
+    if (j->kern) j->kern->silu_mul(j->a + b, j->b + b, j->out + b, e - b);
+    else lloco_ref_silu_mul(NULL, j->a + b, j->b + b, j->out + b, e - b);
+}
+
+static void cpu_silu_mul(lloco_backend *be, const float *gate, const float *up, float *out,
+                         int64_t n) {
+    cpu_ctx *cx = be->ctx;
+    ew_job j = {.kern = cx->kern, .a = gate, .b = up, .out = out, .n = n};
+    run_rows(cx, silu_mul_task, &j, n);
+}
+
+static void gelu_task(void *p, int ith, int nth) {
+    ew_job *j = p;
+    int64_t b, e;
+    split_range(j->n, 64, ith, nth, &b, &e);
+    if (b < e) lloco_ref_gelu(NULL, j->out + b, e - b, j->approx);
+}
+
+static void cpu_gelu(lloco_backend *be, float *x, int64_t n, int approx) {
+    cpu_ctx *cx = be->ctx;
+    ew_job j = {.out = x, .n = n, .approx = approx};
+    run_rows(cx, gelu_task, &j, n);
+}
+
+static void add_task(void *p, int ith, int nth) {
+    ew_job *j = p;
+    int64_t b, e;
+    split_range(j->n, 64, ith, nth, &b, &e);
+    if (b >= e) return;
+    if (j->kern) j->kern->add(j->out + b, j->a + b, e - b);
+    else lloco_ref_add(NULL, j->out + b, j->a + b, e - b);
+}
+
+static void cpu_add(lloco_backend *be, float *y, const float *x, int64_t n) {
+    cpu_ctx *cx = be->ctx;
+    ew_job j = {.kern = cx->kern, .a = x, .out = y, .n = n};
+    run_rows(cx, add_task, &j, n);
+}
+
+/* ---- row movement ------------------------------------------------------- */
+
+typedef struct {
+    const cpu_kernels *kern;
+    const void *table;
+    lloco_dtype t;
+    int d;
+    const int32_t *ids;
+    int m;
+    float *out;
+    const float *x;
+    void *dst;
+    int stride;
+} move_job;
+
+static void get_rows_task(void *p, int ith, int nth) {
+    move_job *j = p;
+    int64_t b, e;
+    split_range(j->m, 1, ith, nth, &b, &e);
+    const size_t row_bytes = lloco_dtype_row_bytes(j->t, j->d);
+    for (int64_t i = b; i < e; i++) {
+        const uint8_t *src = (const uint8_t *)j->table + (size_t)j->ids[i] * row_bytes;
+        float *o = j->out + i * j->d;
+        if (j->t == LLOCO_DTYPE_F16 && j->kern) j->kern->f16_to_f32((const uint16_t *)src, o, j->d);
+        else lloco_dequantize_row(j->t, src, o, j->d);
+    }
+}
+
+static void cpu_get_rows(lloco_backend *be, const void *table, lloco_dtype t, int d,
+                         const int32_t *ids, int m, float *out) {
+    cpu_ctx *cx = be->ctx;
+    move_job j = {.kern = cx->kern, .table = table, .t = t, .d = d, .ids = ids, .m = m, .out = out};
+    run_rows(cx, get_rows_task, &j, (int64_t)m * d * (t == LLOCO_DTYPE_F32 ? 1 : 4));
+}
+
+static void store_rows_task(void *p, int ith, int nth) {
+    move_job *j = p;
+    int64_t b, e;
+    split_range(j->m, 1, ith, nth, &b, &e);
+    for (int64_t r = b; r < e; r++) {
+        const float *src = j->x + r * j->d;
+        if (j->t == LLOCO_DTYPE_F32) {
+            memcpy((float *)j->dst + r * j->stride, src, (size_t)j->d * sizeof(float));
+        } else {
+            uint16_t *o = (uint16_t *)j->dst + r * j->stride;
+            if (j->kern) j->kern->f32_to_f16(src, o, j->d);
+            else lloco_quantize_row(LLOCO_DTYPE_F16, src, o, j->d);
+        }
+    }
+}
+
+static void cpu_store_rows(lloco_backend *be, const float *x, int m, int d, void *dst,
+                           lloco_dtype t, int stride) {
+    cpu_ctx *cx = be->ctx;
+    move_job j = {.kern = cx->kern, .t = t, .d = d, .m = m, .x = x, .dst = dst, .stride = stride};
+    run_rows(cx, store_rows_task, &j, (int64_t)m * d * 4);
+}
+
+/* ---- attention ---------------------------------------------------------- */
+
+static float kv_elem(const void *base, lloco_dtype t, size_t i) {
+    if (t == LLOCO_DTYPE_F32) return ((const float *)base)[i];
+    uint16_t h;
+    memcpy(&h, (const uint8_t *)base + 2 * i, 2);
+    return lloco_fp16_to_fp32(h);
+}
+
+/* Portable twin of cpu_kernels.attn: one position at a time. */
+static void attn_portable(const attn_args *a, int g, int i0, int i1, int p_begin, int p_end,
+                          float *states) {
+    const int group = a->n_head / a->n_kv_head, hd = a->head_dim;
+    for (int i = i0; i < i1; i++) {
+        const int limit = a->p0 + i + 1 < p_end ? a->p0 + i + 1 : p_end;
+        for (int hh = 0; hh < group; hh++) {
+            const int h = g * group + hh;
+            const float *q = a->q + ((size_t)i * a->n_head + h) * hd;
+            float *st = states + ((size_t)(i - i0) * group + hh) * ATTN_STATE_FLOATS(hd);
+            float *o = st + 2;
+            for (int p = p_begin; p < limit; p++) {
+                const size_t off = (size_t)p * a->kv_stride + (size_t)g * hd;
+                float s = 0.0f;
+                for (int e = 0; e < hd; e++) s += q[e] * kv_elem(a->k, a->kv_type, off + e);
+                s *= a->scale;
+                if (s > st[0]) { /* new max: rescale what was summed so far */
+                    const float c = expf(st[0] - s);
+                    st[1] *= c;
+                    for (int e = 0; e < hd; e++) o[e] *= c;
+                    st[0] = s;
+                }
+                const float pw = expf(s - st[0]);
+                st[1] += pw;
+                for (int e = 0; e < hd; e++) o[e] += pw * kv_elem(a->v, a->kv_type, off + e);
+            }
+        }
+    }
+}
+
+typedef struct {
+    const cpu_kernels *kern;
+    attn_args a;
+    float *out;
+    int group, n_qblocks, n_splits, split_len, n_tasks;
+    atomic_int next;
+    float *states; /* per task when split (merged afterwards), else per thread */
+    size_t task_floats;
+} attn_job;
+
+/* Which query block, KV head and split task t is. Heaviest (latest) query
+ * blocks come first, so that the long tasks of the causal triangle do not
+ * end up last on one thread. */
+static void attn_task_coords(const attn_job *j, int t, int *qb, int *g, int *s) {
+    *s = t % j->n_splits;
+    *g = (t / j->n_splits) % j->a.n_kv_head;
+    *qb = j->n_qblocks - 1 - t / (j->n_splits * j->a.n_kv_head);
+}
+
+static float *attn_state(const attn_job *j, float *task_states, int i_rel, int hh) {
+    return task_states + ((size_t)i_rel * j->group + hh) * ATTN_STATE_FLOATS(j->a.head_dim);
+}
+
+static void attn_task(void *p, int ith, int nth) {
+    (void)nth;
+    attn_job *j = p;
+    const attn_args *a = &j->a;
+    const int hd = a->head_dim;
+    for (;;) {
+        const int t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (t >= j->n_tasks) break;
+        int qb, g, s;
+        attn_task_coords(j, t, &qb, &g, &s);
+        const int i0 = qb * ATTN_ROWS, i1 = i0 + ATTN_ROWS < a->m ? i0 + ATTN_ROWS : a->m;
+        const int p_begin = s * j->split_len;
+        int p_end = a->p0 + i1; /* the block's last row sees positions < p0 + i1 */
+        if (j->n_splits > 1 && p_begin + j->split_len < p_end) p_end = p_begin + j->split_len;
+        float *st = j->states + (size_t)(j->n_splits > 1 ? t : ith) * j->task_floats;
+        for (int q = 0; q < (i1 - i0) * j->group; q++) {
+            float *sq = st + (size_t)q * ATTN_STATE_FLOATS(hd);
+            sq[0] = -INFINITY;
+            sq[1] = 0.0f;
+            memset(sq + 2, 0, (size_t)hd * sizeof(float));
+        }
+        if (p_begin < p_end) {
+            if (j->kern && hd % 8 == 0 && hd <= 256) j->kern->attn(a, g, i0, i1, p_begin, p_end, st);
+            else attn_portable(a, g, i0, i1, p_begin, p_end, st);
+        }
+        if (j->n_splits > 1) continue;
+        for (int i = i0; i < i1; i++) {
+            for (int hh = 0; hh < j->group; hh++) {
+                const float *sq = attn_state(j, st, i - i0, hh);
+                float *o = j->out + ((size_t)i * a->n_head + g * j->group + hh) * hd;
+                const float inv = 1.0f / sq[1];
+                for (int e = 0; e < hd; e++) o[e] = sq[2 + e] * inv;
+            }
+        }
+    }
+}
+
+/* Combines the per-split states of every query into the output. */
+static void attn_merge(attn_job *j) {
+    const attn_args *a = &j->a;
+    const int hd = a->head_dim;
+    for (int qb = 0; qb < j->n_qblocks; qb++) {
+        const int i0 = qb * ATTN_ROWS, i1 = i0 + ATTN_ROWS < a->m ? i0 + ATTN_ROWS : a->m;
+        for (int g = 0; g < a->n_kv_head; g++) {
+            const int t0 = ((j->n_qblocks - 1 - qb) * a->n_kv_head + g) * j->n_splits;
+            for (int i = i0; i < i1; i++) {
+                for (int hh = 0; hh < j->group; hh++) {
+                    float max = -INFINITY;
+                    for (int s = 0; s < j->n_splits; s++)
+                        max = fmaxf(max, attn_state(j, j->states + (size_t)(t0 + s) * j->task_floats, i - i0, hh)[0]);
+                    float *o = j->out + ((size_t)i * a->n_head + g * j->group + hh) * hd;
+                    memset(o, 0, (size_t)hd * sizeof(float));
+                    float sum = 0.0f;
+                    for (int s = 0; s < j->n_splits; s++) {
+                        const float *sq = attn_state(j, j->states + (size_t)(t0 + s) * j->task_floats, i - i0, hh);
+                        if (sq[1] == 0.0f) continue; /* split past this row's causal limit */
+                        const float c = expf(sq[0] - max);
+                        sum += sq[1] * c;
+                        for (int e = 0; e < hd; e++) o[e] += sq[2 + e] * c;
+                    }
+                    const float inv = 1.0f / sum;
+                    for (int e = 0; e < hd; e++) o[e] *= inv;
+                }
+            }
+        }
+    }
+}
+
+static void cpu_attention(lloco_backend *be, const float *q, int m, int p0, int n_head,
+                          int n_kv_head, int head_dim, const void *k, const void *v,
+                          lloco_dtype kv_type, int kv_stride, float scale, float *out) {
+    cpu_ctx *cx = be->ctx;
+    attn_job j = {.kern = cx->kern,
+                  .a = {q, m, p0, n_head, n_kv_head, head_dim, k, v, kv_type, kv_stride, scale},
+                  .out = out,
+                  .group = n_head / n_kv_head,
+                  .n_qblocks = (m + ATTN_ROWS - 1) / ATTN_ROWS,
+                  .n_splits = 1};
+    const int n_kv = p0 + m;
+    const int base = n_kv_head * j.n_qblocks;
+    /* Too few tasks to feed every thread twice (decode): cut the positions. */
+    if (cx->n_threads > 1 && base < 2 * cx->n_threads && n_kv >= 2 * ATTN_MIN_SPLIT) {
+        int want = (2 * cx->n_threads + base - 1) / base;
+        int most = n_kv / ATTN_MIN_SPLIT;
+        j.n_splits = want < most ? want : most;
+    }
+    j.split_len = (n_kv + j.n_splits - 1) / j.n_splits;
+    j.n_tasks = base * j.n_splits;
+    j.task_floats = (size_t)ATTN_ROWS * j.group * ATTN_STATE_FLOATS(head_dim);
+    const size_t n_states = j.n_splits > 1 ? (size_t)j.n_tasks : (size_t)cx->n_threads;
+    j.states = scratch_get(cx, n_states * j.task_floats * sizeof(float));
+    if (!j.states) {
+        lloco_ref_attention(be, q, m, p0, n_head, n_kv_head, head_dim, k, v, kv_type, kv_stride,
+                            scale, out);
+        return;
+    }
+    atomic_init(&j.next, 0);
+    /* A short context's work is smaller than a dispatch. */
+    const int64_t work = (int64_t)n_head * m * n_kv * head_dim;
+    if (work < 4 * PARALLEL_MIN_ELEMS && j.n_splits == 1) attn_task(&j, 0, 1);
+    else lloco_threadpool_run(cx->pool, attn_task, &j);
+    if (j.n_splits > 1) attn_merge(&j);
+}
+
+/* ---- the backend -------------------------------------------------------- */
+
+static void cpu_free(lloco_backend *be) {
+    cpu_ctx *cx = be->ctx;
+    if (!cx) return;
+    lloco_threadpool_free(cx->pool);
+    free(cx->scratch);
+    free(cx);
+}
+
+static const lloco_backend_i cpu_iface = {
+    .free = cpu_free,
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .layernorm = cpu_layernorm,
+    .rope = cpu_rope,
+    .softmax = cpu_softmax,
+    .silu_mul = cpu_silu_mul,
+    .gelu = cpu_gelu,
+    .add = cpu_add,
+    .get_rows = cpu_get_rows,
+    .attention = cpu_attention,
+    .store_rows = cpu_store_rows,
+};
+
+int lloco_backend_init_cpu(lloco_backend *be, int n_threads, lloco_cpu_isa isa) {
+    cpu_ctx *cx = calloc(1, sizeof *cx);
+    if (!cx) return lloco_error(LLOCO_ERR_NOMEM, "cpu backend: out of memory");
+    int rc = lloco_threadpool_create(n_threads, &cx->pool);
+    if (rc != 0) {
+        free(cx);
+        return rc;
+    }
+    cx->n_threads = n_threads;
+    cx->isa = isa;
+    cx->kern = kernels_for(isa);
+    be->iface = &cpu_iface;
+    be->name = "cpu";
+    be->n_threads = n_threads;
+    be->ctx = cx;
+    snprintf(be->describe, sizeof be->describe, "%s, %d thread%s", lloco_cpu_isa_name(isa), n_threads,
+             n_threads == 1 ? "" : "s");
+    return 0;
+}

@@ -1,0 +1,152 @@
+/* kernels: math on raw buffers behind a backend handle. Every op has a plain
+ * reference implementation (the "cpu-ref" backend, single-threaded, written
+ * for clarity) and optimized twins ("cpu": SIMD picked at run time plus a
+ * persistent thread pool; "cuda" when built). Nothing here knows about
+ * models, files or requests.
+ *
+ * Conventions: matrices are row-major. A weight matrix W of n rows and k
+ * columns is stored as n rows of k elements in its dtype (GGUF ne0 = k,
+ * ne1 = n; HF [out_features, in_features]). Activations are f32.
+ */
+#ifndef LLOCO_KERNELS_H
+#define LLOCO_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/core.h"
+
+/* ---- element types ---------------------------------------------------- */
+
+/* Quantized formats are bit-compatible with GGML's blocks of the same name.
+ * Q8_1 and Q8_K are activation formats used inside matmul (the quantized
+ * weight types multiply against activations quantized to them, as GGML
+ * does), but they have public quantize/dequantize routines too. */
+typedef enum {
+    LLOCO_DTYPE_F32 = 0,
+    LLOCO_DTYPE_F16,
+    LLOCO_DTYPE_BF16,
+    LLOCO_DTYPE_Q8_0,
+    LLOCO_DTYPE_Q4_0,
+    LLOCO_DTYPE_Q4_1,
+    LLOCO_DTYPE_Q4_K,
+    LLOCO_DTYPE_Q6_K,
+    LLOCO_DTYPE_Q8_1,
+    LLOCO_DTYPE_Q8_K,
+    LLOCO_DTYPE_COUNT
+} lloco_dtype;
+
+const char *lloco_dtype_name(lloco_dtype t);
+/* Elements per block (1 for float types, 32 or 256 for quantized ones). */
+int lloco_dtype_block_elems(lloco_dtype t);
+/* Bytes per block. */
+size_t lloco_dtype_block_bytes(lloco_dtype t);
+/* Bytes of a row of n elements; 0 if n is not a multiple of the block. */
+size_t lloco_dtype_row_bytes(lloco_dtype t, int64_t n);
+/* Activation format a weight dtype's matmul quantizes x into (F32 for the
+ * float types, Q8_0 for Q8_0/Q4_0, Q8_1 for Q4_1, Q8_K for K-quants). */
+lloco_dtype lloco_dtype_vec_dot_type(lloco_dtype t);
+
+float lloco_fp16_to_fp32(uint16_t h);
+uint16_t lloco_fp32_to_fp16(float f); /* round to nearest even */
+float lloco_bf16_to_fp32(uint16_t h);
+uint16_t lloco_fp32_to_bf16(float f); /* round to nearest even */
+
+/* Reference conversions of one row of n elements (n a multiple of the
+ * block). quantize supports F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q8_1, Q8_K
+ * (GGML's *_ref rounding); dequantize supports every dtype. */
+int lloco_quantize_row(lloco_dtype t, const float *x, void *dst, int64_t n);
+int lloco_dequantize_row(lloco_dtype t, const void *src, float *y, int64_t n);
+
+/* ---- thread pool -------------------------------------------------------- */
+
+typedef struct lloco_threadpool lloco_threadpool;
+typedef void (*lloco_task_fn)(void *ctx, int ith, int nth);
+
+/* n_threads >= 1; the caller's thread is worker 0, so n_threads-1 threads
+ * are started and stay alive (spinning briefly, then sleeping) until free. */
+int lloco_threadpool_create(int n_threads, lloco_threadpool **out);
+void lloco_threadpool_free(lloco_threadpool *tp);
+int lloco_threadpool_size(const lloco_threadpool *tp);
+/* Runs fn(ctx, ith, nth) for ith = 0..nth-1 on the pool's threads and
+ * returns when all have returned. Not reentrant. */
+void lloco_threadpool_run(lloco_threadpool *tp, lloco_task_fn fn, void *ctx);
+
+/* ---- backends ----------------------------------------------------------- */
+
+typedef enum {
+    LLOCO_BACKEND_CPU_REF = 0, /* plain C, one thread: the reference */
+    LLOCO_BACKEND_CPU,         /* SIMD (runtime-detected) + thread pool */
+    LLOCO_BACKEND_CUDA,        /* cuBLAS + custom kernels, when built */
+} lloco_backend_kind;
+
+typedef struct lloco_backend lloco_backend;
+
+/* n_threads <= 0 means one per online CPU. LLOCO_ERR_UNSUPPORTED if the
+ * kind was not built or has no device. */
+int lloco_backend_create(lloco_backend_kind kind, int n_threads, lloco_backend **out);
+void lloco_backend_free(lloco_backend *be);
+const char *lloco_backend_name(const lloco_backend *be);
+/* Human-readable features, e.g. "avx512 vnni f16c, 2 threads". */
+const char *lloco_backend_describe(const lloco_backend *be);
+int lloco_backend_n_threads(const lloco_backend *be);
+
+/* All buffers passed to ops are host memory owned by the caller; an op reads
+ * its inputs and writes its outputs before returning. */
+
+/* y[m][n] = x[m][k] · W[n][k]^T. W in dtype wt (any dtype but Q8_1/Q8_K),
+ * k a multiple of wt's block. For quantized wt, x is first quantized to
+ * lloco_dtype_vec_dot_type(wt) and rows are dotted in integers, as GGML
+ * does, so results match GGML's to rounding. */
+void lloco_op_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, int k,
+                     const float *x, int m, float *y);
+
+/* y[m][d] = x / rms(x) * w, rms over each row: sqrt(mean(x^2) + eps).
+ * y may alias x. */
+void lloco_op_rmsnorm(lloco_backend *be, const float *x, const float *w, int m, int d,
+                      float eps, float *y);
+/* y = (x - mean) / sqrt(var + eps) * w + b (b may be NULL). y may alias x. */
+void lloco_op_layernorm(lloco_backend *be, const float *x, const float *w, const float *b,
+                        int m, int d, float eps, float *y);
+
+/* In-place rotary embedding of x[m][n_heads * head_dim]. Row i is at
+ * position pos[i]; pair j (0 <= j < rot_dim/2) rotates by angle
+ * pos[i] * inv_freq[j]. neox=0: pairs are (2j, 2j+1) (GGML "normal");
+ * neox=1: pairs are (j, j + rot_dim/2) (HF rotate_half). Dimensions at or
+ * beyond rot_dim are left alone. mscale multiplies cos and sin (YaRN). */
+void lloco_op_rope(lloco_backend *be, float *x, int m, int n_heads, int head_dim, int rot_dim,
+                   const int32_t *pos, const float *inv_freq, float mscale, int neox);
+
+/* In-place softmax of each row of x[m][n]. */
+void lloco_op_softmax(lloco_backend *be, float *x, int m, int n);
+
+/* out[i] = silu(gate[i]) * up[i]. out may alias gate or up. */
+void lloco_op_silu_mul(lloco_backend *be, const float *gate, const float *up, float *out,
+                       int64_t n);
+/* In-place GELU (tanh approximation when approx, erf otherwise). */
+void lloco_op_gelu(lloco_backend *be, float *x, int64_t n, int approx);
+/* y[i] += x[i]. */
+void lloco_op_add(lloco_backend *be, float *y, const float *x, int64_t n);
+
+/* out[i][:] = row ids[i] of table[n_rows][d] (dtype t) as f32. The caller
+ * guarantees 0 <= ids[i] < n_rows. */
+void lloco_op_get_rows(lloco_backend *be, const void *table, lloco_dtype t, int d,
+                       const int32_t *ids, int m, float *out);
+
+/* Causal attention of m new query rows against one sequence's KV cache.
+ *   q    [m][n_head * head_dim]            query row i is at position p0 + i
+ *   k, v [n_kv][kv_stride] in kv_type (F32 or F16); head g of position p is
+ *        at k + p*kv_stride + g*head_dim (in elements); n_kv >= p0 + m
+ *   out  [m][n_head * head_dim]
+ * Query head h uses KV head h / (n_head / n_kv_head) (GQA). Row i attends to
+ * positions 0..p0+i, scores scaled by `scale`, softmax in f32. */
+void lloco_op_attention(lloco_backend *be, const float *q, int m, int p0, int n_head,
+                        int n_kv_head, int head_dim, const void *k, const void *v,
+                        lloco_dtype kv_type, int kv_stride, float scale, float *out);
+
+/* Stores x[m][d] (f32) into rows dst + r*stride.. of a cache of dtype t
+ * (F32 or F16), for r = 0..m-1. stride is in elements. */
+void lloco_op_store_rows(lloco_backend *be, const float *x, int m, int d, void *dst,
+                         lloco_dtype t, int stride);
+
+#endif

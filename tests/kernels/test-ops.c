@@ -1,0 +1,495 @@
+/* Every op on every backend against the reference backend (cpu-ref), over
+ * odd and model-sized shapes: matmul for each weight dtype, norms, rope,
+ * softmax, activations, row movement and attention (GQA, p0 > 0, F32/F16
+ * caches). Weight data sits one byte off alignment, as GGUF data may.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "kernels/blocks.h"
+#include "kernels_test.h"
+
+static lloco_backend *ref_backend(void) {
+    lloco_backend *be = NULL;
+    CHECK_OK(lloco_backend_create(LLOCO_BACKEND_CPU_REF, 1, &be));
+    return be;
+}
+
+TEST_CASE(backend_create) {
+    lloco_backend *be;
+    CHECK_OK(lloco_backend_create(LLOCO_BACKEND_CPU, 0, &be));
+    if (be) {
+        CHECK(lloco_backend_n_threads(be) >= 1);
+        CHECK(strcmp(lloco_backend_name(be), "cpu") == 0);
+        CHECK(strstr(lloco_backend_describe(be), "thread") != NULL);
+        lloco_backend_free(be);
+    }
+    CHECK_OK(lloco_backend_create(LLOCO_BACKEND_CPU_REF, 4, &be));
+    if (be) {
+        CHECK(lloco_backend_n_threads(be) == 1);
+        CHECK(strcmp(lloco_backend_name(be), "cpu-ref") == 0);
+        lloco_backend_free(be);
+    }
+    CHECK_ERR(lloco_backend_create((lloco_backend_kind)99, 1, &be), LLOCO_ERR_INVAL);
+    CHECK(be == NULL);
+    CHECK_ERR(lloco_backend_create_cpu_isa(1, LLOCO_CPU_ISA_COUNT, &be), LLOCO_ERR_UNSUPPORTED);
+}
+
+TEST_CASE(backend_cuda) {
+    lloco_backend *be;
+    int rc = lloco_backend_create(LLOCO_BACKEND_CUDA, 0, &be);
+    if (rc != 0) {
+        CHECK(rc == LLOCO_ERR_UNSUPPORTED && be == NULL);
+        SKIP("CUDA backend unavailable: %s", lloco_last_error());
+    }
+    CHECK(strcmp(lloco_backend_name(be), "cuda") == 0);
+    lloco_backend_free(be);
+}
+
+/* ---- matmul ------------------------------------------------------------- */
+
+/* Random n x k weights in dtype wt. Quantizable types come from quantizing
+ * rows whose blocks vary in scale and offset; K-quants are random bytes with
+ * sane fp16 scales. */
+static void make_weights(kt_rng *rng, lloco_dtype wt, int n, int k, uint8_t *dst) {
+    const size_t rb = lloco_dtype_row_bytes(wt, k);
+    if (wt == LLOCO_DTYPE_Q4_K || wt == LLOCO_DTYPE_Q6_K) {
+        for (size_t i = 0; i < rb * n; i++) dst[i] = (uint8_t)kt_u32(rng);
+        for (int64_t b = 0; b < (int64_t)n * k / 256; b++) {
+            uint8_t *blk = dst + b * lloco_dtype_block_bytes(wt);
+            const uint16_t d = lloco_fp32_to_fp16(kt_uniform(rng, 1e-4f, 1e-2f));
+            const uint16_t dmin = lloco_fp32_to_fp16(kt_uniform(rng, 1e-4f, 1e-2f));
+            if (wt == LLOCO_DTYPE_Q4_K) {
+                memcpy(blk, &d, 2);
+                memcpy(blk + 2, &dmin, 2);
+            } else {
+                memcpy(blk + 208, &d, 2);
+            }
+        }
+        return;
+    }
+    float *row = kt_alloc((size_t)k * sizeof(float));
+    for (int r = 0; r < n; r++) {
+        kt_fill(rng, row, k, -1.0f, 1.0f);
+        for (int b = 0; b < k / 32; b++) {
+            const float s = kt_uniform(rng, 0.05f, 2.0f), off = kt_uniform(rng, -0.3f, 0.3f);
+            for (int j = 0; j < 32; j++) row[b * 32 + j] = row[b * 32 + j] * s + off;
+        }
+        CHECK_OK(lloco_quantize_row(wt, row, dst + (size_t)r * rb, k));
+    }
+    free(row);
+}
+
+static void check_matmul(lloco_backend *ref, kt_backends *bs, lloco_dtype wt, int m, int n, int k,
+                         uint64_t seed) {
+    kt_rng rng = {seed};
+    const size_t rb = lloco_dtype_row_bytes(wt, k);
+    uint8_t *wbuf = kt_alloc(rb * n + 1);
+    uint8_t *w = wbuf + 1; /* GGUF blocks need not be aligned */
+    make_weights(&rng, wt, n, k, w);
+    float *x = kt_alloc((size_t)m * k * sizeof(float));
+    kt_fill(&rng, x, (int64_t)m * k, -1.0f, 1.0f);
+    for (int i = 0; i < m; i++) /* rows of different magnitude */
+        for (int e = 0; e < k; e++) x[(size_t)i * k + e] *= 0.1f + (float)(i % 5);
+    float *y_ref = kt_alloc((size_t)m * n * sizeof(float));
+    float *y = kt_alloc((size_t)m * n * sizeof(float));
+    lloco_op_matmul(ref, w, wt, n, k, x, m, y_ref);
+    const float rms = kt_rms(y_ref, (int64_t)m * n);
+    for (int b = 0; b < bs->n; b++) {
+        for (int64_t i = 0; i < (int64_t)m * n; i++) y[i] = NAN;
+        lloco_op_matmul(bs->be[b], w, wt, n, k, x, m, y);
+        char what[160];
+        snprintf(what, sizeof what, "matmul %s m=%d n=%d k=%d %s", lloco_dtype_name(wt), m, n, k, bs->label[b]);
+        if (!kt_compare(what, y_ref, y, (int64_t)m * n, 1e-9, 2e-4f * rms, 1e-4f)) break;
+    }
+    free(wbuf);
+    free(x);
+    free(y_ref);
+    free(y);
+}
+
+static void matmul_cases(lloco_dtype wt) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    const int ms[] = {1, 2, 3, 4, 17, 64};
+    const int ns[] = {1, 7, 33, 1536};
+    const int ks32[] = {32, 64, 256, 576}, ks256[] = {256, 512};
+    const int kq = wt == LLOCO_DTYPE_Q4_K || wt == LLOCO_DTYPE_Q6_K;
+    const int *ks = kq ? ks256 : ks32;
+    const int nk = kq ? 2 : 4;
+    uint64_t seed = 1000 + (uint64_t)wt * 100;
+    for (size_t mi = 0; mi < LLOCO_ARRAY_LEN(ms); mi++)
+        for (size_t ni = 0; ni < LLOCO_ARRAY_LEN(ns); ni++)
+            for (int ki = 0; ki < nk && lloco_test_case_failures() == 0; ki++)
+                check_matmul(ref, &bs, wt, ms[mi], ns[ni], ks[ki], seed++);
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
+
+TEST_CASE(matmul_q4_1) { matmul_cases(LLOCO_DTYPE_Q4_1); }
+TEST_CASE(matmul_q8_0) { matmul_cases(LLOCO_DTYPE_Q8_0); }
+TEST_CASE(matmul_q4_0) { matmul_cases(LLOCO_DTYPE_Q4_0); }
+TEST_CASE(matmul_q4_K) { matmul_cases(LLOCO_DTYPE_Q4_K); }
+TEST_CASE(matmul_q6_K) { matmul_cases(LLOCO_DTYPE_Q6_K); }
+TEST_CASE(matmul_f32) { matmul_cases(LLOCO_DTYPE_F32); }
+TEST_CASE(matmul_f16) { matmul_cases(LLOCO_DTYPE_F16); }
+TEST_CASE(matmul_bf16) { matmul_cases(LLOCO_DTYPE_BF16); }
+
+/* The model's prefill shapes: many activation tiles, ragged last tile. */
+TEST_CASE(matmul_prefill_shapes) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    check_matmul(ref, &bs, LLOCO_DTYPE_Q4_1, 130, 192, 576, 1);
+    check_matmul(ref, &bs, LLOCO_DTYPE_Q4_1, 67, 576, 1536, 2);
+    check_matmul(ref, &bs, LLOCO_DTYPE_Q8_0, 131, 200, 576, 3);
+    check_matmul(ref, &bs, LLOCO_DTYPE_Q4_0, 45, 1536, 576, 4);
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
+
+/* Weights at the extremes of their ranges: q8_0 -128 and 127 next to
+ * activation values of +-127 are where a saturating dot product would
+ * break. */
+TEST_CASE(matmul_extreme_values) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    enum { N = 8, K = 512, M = 5 };
+    block_q8_0 w8[N * K / 32];
+    block_q4_1 w4[N * K / 32];
+    for (int b = 0; b < N * K / 32; b++) {
+        w8[b].d = lloco_fp32_to_fp16(0.01f);
+        w4[b].d = lloco_fp32_to_fp16(0.01f);
+        w4[b].m = lloco_fp32_to_fp16(-0.05f);
+        for (int j = 0; j < 32; j++) w8[b].qs[j] = (int8_t)(j % 2 ? 127 : -128);
+        for (int j = 0; j < 16; j++) w4[b].qs[j] = 0xF0 | (b % 2 ? 0x0F : 0);
+    }
+    float x[M * K], y_ref[M * N], y[M * N];
+    for (int i = 0; i < M * K; i++) x[i] = (i / 2) % 2 ? 3.0f : -3.0f;
+    for (int i = K; i < 2 * K; i++) x[i] = (i % 2) ? 3.0f : -3.0f;
+    for (int t = 0; t < 2; t++) {
+        const lloco_dtype wt = t ? LLOCO_DTYPE_Q4_1 : LLOCO_DTYPE_Q8_0;
+        const void *w = t ? (const void *)w4 : (const void *)w8;
+        for (int m = 1; m <= M; m += M - 1) {
+            lloco_op_matmul(ref, w, wt, N, K, x, m, y_ref);
+            for (int b = 0; b < bs.n; b++) {
+                lloco_op_matmul(bs.be[b], w, wt, N, K, x, m, y);
+                char what[128];
+                snprintf(what, sizeof what, "matmul extremes %s m=%d %s", lloco_dtype_name(wt), m, bs.label[b]);
+                kt_compare(what, y_ref, y, (int64_t)m * N, 1e-10, 1e-3f, 1e-5f);
+            }
+        }
+    }
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
+
+/* One-hot weight rows pick single activation values: y[i][e] is then
+ * d_y * q_y of element e, computed exactly by every backend. So this
+ * checks, value by value, that the SIMD activation quantizers reproduce
+ * GGML's rounding (ties included) and that every layout puts each value
+ * where its weight is, chunk tails and padding included. */
+TEST_CASE(matmul_one_hot_exact) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    const int ks[] = {32, 96, 320, 576, 1056};
+    const lloco_dtype types[] = {LLOCO_DTYPE_Q8_0, LLOCO_DTYPE_Q4_0, LLOCO_DTYPE_Q4_1};
+    kt_rng rng = {21};
+    for (size_t ki = 0; ki < LLOCO_ARRAY_LEN(ks); ki++) {
+        const int k = ks[ki], n = k, m = 5;
+        float *x = kt_alloc((size_t)m * k * 4), *y_ref = kt_alloc((size_t)m * n * 4), *y = kt_alloc((size_t)m * n * 4);
+        kt_fill(&rng, x, (int64_t)m * k, -3.0f, 3.0f);
+        for (int e = 0; e < k; e++) {
+            if (e % 96 < 32) x[e] = (float)(e % 32 - 16) * 0.25f; /* exact halves after scaling */
+            if (e % 160 >= 128) x[k + e] = 0.0f;                 /* zero blocks */
+        }
+        x[2 * k + 5] = 1e-30f;
+        for (size_t t = 0; t < LLOCO_ARRAY_LEN(types); t++) {
+            const lloco_dtype wt = types[t];
+            const size_t rb = lloco_dtype_row_bytes(wt, k);
+            uint8_t *w = kt_alloc(rb * n + 1);
+            for (int r = 0; r < n; r++) {
+                for (int b = 0; b < k / 32; b++) {
+                    uint8_t *blk = w + 1 + (size_t)r * rb + (size_t)b * lloco_dtype_block_bytes(wt);
+                    const uint16_t one = lloco_fp32_to_fp16(1.0f), zero = 0;
+                    const int hit = b == r / 32, e = r % 32;
+                    memcpy(blk, &one, 2);
+                    if (wt == LLOCO_DTYPE_Q8_0) {
+                        memset(blk + 2, 0, 32);
+                        if (hit) blk[2 + e] = 1;
+                    } else {
+                        uint8_t *qs = blk + (wt == LLOCO_DTYPE_Q4_1 ? 4 : 2);
+                        if (wt == LLOCO_DTYPE_Q4_1) memcpy(blk + 2, &zero, 2);
+                        const uint8_t z = wt == LLOCO_DTYPE_Q4_0 ? 8 : 0; /* q4_0 stores value + 8 */
+                        memset(qs, z | (z << 4), 16);
+                        if (hit) qs[e % 16] = (uint8_t)(e < 16 ? (qs[e % 16] & 0xF0) | (z + 1) : (qs[e % 16] & 0x0F) | ((z + 1) << 4));
+                    }
+                }
+            }
+            for (int mm = 1; mm <= m; mm += 3) { /* decode and prefill paths */
+                lloco_op_matmul(ref, w + 1, wt, n, k, x, mm, y_ref);
+                for (int b = 0; b < bs.n; b++) {
+                    lloco_op_matmul(bs.be[b], w + 1, wt, n, k, x, mm, y);
+                    char what[128];
+                    snprintf(what, sizeof what, "one-hot %s k=%d m=%d %s", lloco_dtype_name(wt), k, mm, bs.label[b]);
+                    kt_compare(what, y_ref, y, (int64_t)mm * n, 0, 0, 0);
+                }
+            }
+            free(w);
+        }
+        free(x), free(y_ref), free(y);
+    }
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
+
+/* ---- norms, rope, elementwise ------------------------------------------ */
+
+TEST_CASE(op_rmsnorm_layernorm) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    const int shapes[][2] = {{1, 576}, {3, 7}, {17, 64}, {64, 1536}, {2, 1}};
+    kt_rng rng = {5};
+    for (size_t s = 0; s < LLOCO_ARRAY_LEN(shapes); s++) {
+        const int m = shapes[s][0], d = shapes[s][1];
+        float *x = kt_alloc((size_t)m * d * 4), *w = kt_alloc((size_t)d * 4), *bias = kt_alloc((size_t)d * 4);
+        float *y_ref = kt_alloc((size_t)m * d * 4), *y = kt_alloc((size_t)m * d * 4);
+        kt_fill(&rng, x, (int64_t)m * d, -4.0f, 4.0f);
+        kt_fill(&rng, w, d, 0.5f, 1.5f);
+        kt_fill(&rng, bias, d, -1.0f, 1.0f);
+        for (int op = 0; op < 3; op++) {
+            const char *name = op == 0 ? "rmsnorm" : op == 1 ? "layernorm" : "layernorm+bias";
+            if (op == 0) lloco_op_rmsnorm(ref, x, w, m, d, 1e-5f, y_ref);
+            else lloco_op_layernorm(ref, x, w, op == 2 ? bias : NULL, m, d, 1e-5f, y_ref);
+            for (int b = 0; b < bs.n; b++) {
+                /* in place (y aliases x) on odd backends, out of place on even */
+                memcpy(y, x, (size_t)m * d * 4);
+                float *in = b % 2 ? y : x;
+                if (op == 0) lloco_op_rmsnorm(bs.be[b], in, w, m, d, 1e-5f, y);
+                else lloco_op_layernorm(bs.be[b], in, w, op == 2 ? bias : NULL, m, d, 1e-5f, y);
+                char what[128];
+                snprintf(what, sizeof what, "%s m=%d d=%d %s", name, m, d, bs.label[b]);
+                kt_compare(what, y_ref, y, (int64_t)m * d, 1e-10, 1e-5f, 1e-5f);
+            }
+        }
+        free(x), free(w), free(bias), free(y_ref), free(y);
+    }
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
+
+TEST_CASE(op_rope) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    /* m, n_heads, head_dim, rot_dim */
+    const int shapes[][4] = {{1, 9, 64, 64}, {17, 3, 64, 64}, {5, 2, 64, 32}, {3, 4, 10, 6}, {300, 2, 16, 16}};
+    kt_rng rng = {6};
+    for (size_t s = 0; s < LLOCO_ARRAY_LEN(shapes); s++) {
+        const int m = shapes[s][0], nh = shapes[s][1], hd = shapes[s][2], rot = shapes[s][3];
+        const int64_t len = (int64_t)m * nh * hd;
+        float *x = kt_alloc(len * 4), *y_ref = kt_alloc(len * 4), *y = kt_alloc(len * 4);
+        float inv_freq[128];
+        int32_t *pos = kt_alloc((size_t)m * 4);
+        kt_fill(&rng, x, len, -2.0f, 2.0f);
+        for (int j = 0; j < rot / 2; j++) inv_freq[j] = powf(10000.0f, -2.0f * j / rot);
+        for (int i = 0; i < m; i++) pos[i] = 2000 + 3 * i - (i % 7) * 100;
+        for (int neox = 0; neox < 2; neox++) {
+            for (int ms = 0; ms < 2; ms++) {
+                const float mscale = ms ? 0.7f : 1.0f;
+                memcpy(y_ref, x, len * 4);
+                lloco_op_rope(ref, y_ref, m, nh, hd, rot, pos, inv_freq, mscale, neox);
+                for (int b = 0; b < bs.n; b++) {
+                    memcpy(y, x, len * 4);
+                    lloco_op_rope(bs.be[b], y, m, nh, hd, rot, pos, inv_freq, mscale, neox);
+                    char what[128];
+                    snprintf(what, sizeof what, "rope m=%d heads=%d hd=%d rot=%d neox=%d %s", m, nh, hd, rot,
+                             neox, bs.label[b]);
+                    kt_compare(what, y_ref, y, len, 1e-12, 1e-6f, 1e-6f);
+                }
+            }
+        }
+        free(x), free(y_ref), free(y), free(pos);
+    }
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
+
+TEST_CASE(op_softmax) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    const int shapes[][2] = {{1, 1}, {3, 7}, {17, 64}, {2, 49152}, {64, 33}};
+    kt_rng rng = {8};
+    for (size_t s = 0; s < LLOCO_ARRAY_LEN(shapes); s++) {
+        const int m = shapes[s][0], n = shapes[s][1];
+        const int64_t len = (int64_t)m * n;
+        float *x = kt_alloc(len * 4), *y_ref = kt_alloc(len * 4), *y = kt_alloc(len * 4);
+        kt_fill(&rng, x, len, -20.0f, 20.0f);
+        if (n > 1) x[1] = -INFINITY; /* masked entries become 0 */
+        memcpy(y_ref, x, len * 4);
+        lloco_op_softmax(ref, y_ref, m, n);
+        for (int b = 0; b < bs.n; b++) {
+            memcpy(y, x, len * 4);
+            lloco_op_softmax(bs.be[b], y, m, n);
+            char what[128];
+            snprintf(what, sizeof what, "softmax m=%d n=%d %s", m, n, bs.label[b]);
+            kt_compare(what, y_ref, y, len, 1e-10, 1e-7f, 1e-5f);
+        }
+        free(x), free(y_ref), free(y);
+    }
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
+
+TEST_CASE(op_elementwise) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    const int64_t sizes[] = {1, 7, 1536, 100003};
+    kt_rng rng = {9};
+    for (size_t s = 0; s < LLOCO_ARRAY_LEN(sizes); s++) {
+        const int64_t n = sizes[s];
+        float *a = kt_alloc(n * 4), *b_ = kt_alloc(n * 4), *r = kt_alloc(n * 4), *g = kt_alloc(n * 4);
+        kt_fill(&rng, a, n, -12.0f, 12.0f);
+        kt_fill(&rng, b_, n, -3.0f, 3.0f);
+        for (int op = 0; op < 4; op++) {
+            static const char *names[] = {"silu_mul", "add", "gelu_tanh", "gelu_erf"};
+            memcpy(r, a, n * 4);
+            if (op == 0) lloco_op_silu_mul(ref, a, b_, r, n);
+            else if (op == 1) lloco_op_add(ref, r, b_, n);
+            else lloco_op_gelu(ref, r, n, op == 2);
+            for (int k = 0; k < bs.n; k++) {
+                memcpy(g, a, n * 4);
+                if (op == 0) lloco_op_silu_mul(bs.be[k], g, b_, g, n); /* out aliases gate */
+                else if (op == 1) lloco_op_add(bs.be[k], g, b_, n);
+                else lloco_op_gelu(bs.be[k], g, n, op == 2);
+                char what[128];
+                snprintf(what, sizeof what, "%s n=%lld %s", names[op], (long long)n, bs.label[k]);
+                kt_compare(what, r, g, n, 1e-12, 1e-6f, 1e-5f);
+            }
+        }
+        free(a), free(b_), free(r), free(g);
+    }
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
+
+/* ---- row movement ------------------------------------------------------- */
+
+TEST_CASE(op_get_rows) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    const lloco_dtype types[] = {LLOCO_DTYPE_F32, LLOCO_DTYPE_F16, LLOCO_DTYPE_BF16, LLOCO_DTYPE_Q8_0,
+                                 LLOCO_DTYPE_Q4_0, LLOCO_DTYPE_Q4_1, LLOCO_DTYPE_Q4_K, LLOCO_DTYPE_Q6_K};
+    kt_rng rng = {10};
+    enum { ROWS = 50, M = 40 };
+    for (size_t t = 0; t < LLOCO_ARRAY_LEN(types); t++) {
+        const lloco_dtype dt = types[t];
+        const int d = dt == LLOCO_DTYPE_Q4_K || dt == LLOCO_DTYPE_Q6_K ? 512 : 576;
+        uint8_t *tab = kt_alloc(lloco_dtype_row_bytes(dt, d) * ROWS + 1);
+        make_weights(&rng, dt, ROWS, d, tab + 1);
+        int32_t ids[M];
+        for (int i = 0; i < M; i++) ids[i] = (int32_t)(kt_u32(&rng) % ROWS);
+        float *y_ref = kt_alloc((size_t)M * d * 4), *y = kt_alloc((size_t)M * d * 4);
+        lloco_op_get_rows(ref, tab + 1, dt, d, ids, M, y_ref);
+        for (int b = 0; b < bs.n; b++) {
+            lloco_op_get_rows(bs.be[b], tab + 1, dt, d, ids, M, y);
+            char what[128];
+            snprintf(what, sizeof what, "get_rows %s %s", lloco_dtype_name(dt), bs.label[b]);
+            kt_compare(what, y_ref, y, (int64_t)M * d, 0, 0, 0);
+        }
+        free(tab), free(y_ref), free(y);
+    }
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
+
+TEST_CASE(op_store_rows) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    kt_rng rng = {12};
+    enum { M = 37, D = 200, STRIDE = 213 };
+    float x[M * D];
+    kt_fill(&rng, x, M * D, -70000.0f, 70000.0f); /* beyond fp16's range too */
+    for (int t = 0; t < 2; t++) {
+        const lloco_dtype dt = t ? LLOCO_DTYPE_F16 : LLOCO_DTYPE_F32;
+        const size_t es = t ? 2 : 4, bytes = (size_t)M * STRIDE * es;
+        uint8_t *c_ref = kt_alloc(bytes), *c = kt_alloc(bytes);
+        memset(c_ref, 0x5A, bytes);
+        lloco_op_store_rows(ref, x, M, D, c_ref, dt, STRIDE);
+        for (int b = 0; b < bs.n; b++) {
+            memset(c, 0x5A, bytes); /* the gaps between rows must stay untouched */
+            lloco_op_store_rows(bs.be[b], x, M, D, c, dt, STRIDE);
+            CHECKF(memcmp(c_ref, c, bytes) == 0, "store_rows %s %s differs", lloco_dtype_name(dt), bs.label[b]);
+        }
+        free(c_ref), free(c);
+    }
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
+
+/* ---- attention ---------------------------------------------------------- */
+
+static void check_attention(lloco_backend *ref, kt_backends *bs, int m, int p0, int n_head, int n_kv,
+                            int hd, lloco_dtype kv_type, uint64_t seed) {
+    kt_rng rng = {seed};
+    const int n_pos = p0 + m + 3; /* the cache may hold more than is visible */
+    const int stride = n_kv * hd + 8;
+    const int64_t qlen = (int64_t)m * n_head * hd;
+    const size_t es = kv_type == LLOCO_DTYPE_F16 ? 2 : 4;
+    float *q = kt_alloc(qlen * 4), *kf = kt_alloc((size_t)n_pos * stride * 4), *vf = kt_alloc((size_t)n_pos * stride * 4);
+    uint8_t *k = kt_alloc((size_t)n_pos * stride * es), *v = kt_alloc((size_t)n_pos * stride * es);
+    kt_fill(&rng, q, qlen, -1.5f, 1.5f);
+    kt_fill(&rng, kf, (int64_t)n_pos * stride, -1.5f, 1.5f);
+    kt_fill(&rng, vf, (int64_t)n_pos * stride, -2.0f, 2.0f);
+    CHECK_OK(lloco_quantize_row(kv_type, kf, k, (int64_t)n_pos * stride));
+    CHECK_OK(lloco_quantize_row(kv_type, vf, v, (int64_t)n_pos * stride));
+    float *o_ref = kt_alloc(qlen * 4), *o = kt_alloc(qlen * 4);
+    const float scale = 1.0f / sqrtf((float)hd);
+    lloco_op_attention(ref, q, m, p0, n_head, n_kv, hd, k, v, kv_type, stride, scale, o_ref);
+    for (int b = 0; b < bs->n; b++) {
+        for (int64_t i = 0; i < qlen; i++) o[i] = NAN;
+        lloco_op_attention(bs->be[b], q, m, p0, n_head, n_kv, hd, k, v, kv_type, stride, scale, o);
+        char what[160];
+        snprintf(what, sizeof what, "attention m=%d p0=%d heads=%d/%d hd=%d %s %s", m, p0, n_head, n_kv, hd,
+                 lloco_dtype_name(kv_type), bs->label[b]);
+        if (!kt_compare(what, o_ref, o, qlen, 1e-10, 2e-6f, 1e-4f)) break;
+    }
+    free(q), free(kf), free(vf), free(k), free(v), free(o_ref), free(o);
+}
+
+TEST_CASE(op_attention) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    /* n_head, n_kv_head, head_dim */
+    const int heads[][3] = {{9, 3, 64}, {4, 4, 32}, {6, 2, 40}, {3, 1, 12}, {2, 1, 128}};
+    const int mp[][2] = {{1, 0}, {1, 5}, {1, 700}, {3, 0}, {3, 1100}, {17, 300}, {64, 0}};
+    uint64_t seed = 77;
+    for (size_t h = 0; h < LLOCO_ARRAY_LEN(heads); h++)
+        for (size_t i = 0; i < LLOCO_ARRAY_LEN(mp); i++)
+            for (int t = 0; t < 2 && lloco_test_case_failures() == 0; t++)
+                check_attention(ref, &bs, mp[i][0], mp[i][1], heads[h][0], heads[h][1], heads[h][2],
+                                t ? LLOCO_DTYPE_F16 : LLOCO_DTYPE_F32, seed++);
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
+
+/* A model-sized prefill: 9 query heads on 3 KV heads, F16 cache. */
+TEST_CASE(op_attention_prefill) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    check_attention(ref, &bs, 300, 0, 9, 3, 64, LLOCO_DTYPE_F16, 5);
+    check_attention(ref, &bs, 130, 200, 9, 3, 64, LLOCO_DTYPE_F16, 6);
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
