@@ -47,6 +47,7 @@ static void usage(FILE *f) {
             "      --threads N     CPU threads (default: all)\n"
             "      --ctx N         context length (default: the model's)\n"
             "      --kv-type T     KV cache type: f16 (default) or f32\n"
+            "      --backend B     cpu (default), cpu-ref (plain reference) or cuda\n"
             "      --chat          wrap the prompt in the model's chat template (generate)\n"
             "      --system TEXT   system message for --chat and chat\n"
             "      --raw           do not add BOS; parse no special tokens in the prompt\n"
@@ -59,6 +60,7 @@ typedef struct {
     const char *model, *prompt, *system;
     const char *ids_out, *logits_out;
     int max_tokens, threads, ctx, chat, raw, stats;
+    lloco_backend_kind backend;
     lloco_dtype kv_type;
     lloco_sampler_params sp;
     const char *stops[MAX_STOPS];
@@ -88,6 +90,7 @@ static int parse_gen_opts(int argc, char **argv, gen_opts *o) {
     memset(o, 0, sizeof *o);
     o->max_tokens = 128;
     o->kv_type = LLOCO_DTYPE_F16;
+    o->backend = LLOCO_BACKEND_CPU;
     lloco_sampler_params_default(&o->sp);
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -135,6 +138,12 @@ static int parse_gen_opts(int argc, char **argv, gen_opts *o) {
         } else if (!strcmp(a, "--ctx")) {
             NEED_VALUE();
             if (parse_int(v, 1, 1 << 24, &o->ctx)) return usage_error("bad --ctx value '%s'", v);
+        } else if (!strcmp(a, "--backend")) {
+            NEED_VALUE();
+            if (!strcmp(v, "cpu")) o->backend = LLOCO_BACKEND_CPU;
+            else if (!strcmp(v, "cpu-ref")) o->backend = LLOCO_BACKEND_CPU_REF;
+            else if (!strcmp(v, "cuda")) o->backend = LLOCO_BACKEND_CUDA;
+            else return usage_error("bad --backend '%s' (cpu, cpu-ref or cuda)", v);
         } else if (!strcmp(a, "--kv-type")) {
             NEED_VALUE();
             if (!strcmp(v, "f16")) o->kv_type = LLOCO_DTYPE_F16;
@@ -179,6 +188,7 @@ static int session_open(session *s, const gen_opts *o) {
     lloco_decoder_params dp;
     lloco_decoder_params_default(&dp);
     dp.n_threads = o->threads;
+    dp.backend = o->backend;
     int rc = lloco_model_open(o->model, &s->model);
     if (!rc) rc = lloco_decoder_create(s->model, &dp, &s->dec);
     if (!rc) rc = lloco_kv_create(s->model, o->ctx, o->kv_type, &s->kv);

@@ -63,9 +63,10 @@ int lloco_backend_n_threads(const lloco_backend *be) { return be->n_threads; }
 
 static int is_cache_type(lloco_dtype t) { return t == LLOCO_DTYPE_F32 || t == LLOCO_DTYPE_F16; }
 
-void lloco_op_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, int k,
-                     const float *x, int m, float *y) {
-    LLOCO_ASSERT((unsigned)wt < LLOCO_DTYPE_COUNT && wt != LLOCO_DTYPE_Q8_1 && wt != LLOCO_DTYPE_Q8_K);
+void lloco_op_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, int k, const float *x,
+                     int m, float *y) {
+    LLOCO_ASSERT((unsigned)wt < LLOCO_DTYPE_COUNT && wt != LLOCO_DTYPE_Q8_1 &&
+                 wt != LLOCO_DTYPE_Q8_K);
     LLOCO_ASSERT(n >= 0 && m >= 0 && k > 0 && k % lloco_dtype_block_elems(wt) == 0);
     if (n == 0 || m == 0) return;
     LLOCO_ASSERT(w && x && y);
@@ -135,20 +136,20 @@ void lloco_op_get_rows(lloco_backend *be, const void *table, lloco_dtype t, int 
     be->iface->get_rows(be, table, t, d, ids, m, out);
 }
 
-void lloco_op_attention(lloco_backend *be, const float *q, int m, int p0, int n_head,
-                        int n_kv_head, int head_dim, const void *k, const void *v,
-                        lloco_dtype kv_type, int kv_stride, float scale, float *out) {
+void lloco_op_attention(lloco_backend *be, const float *q, int m, int p0, int n_head, int n_kv_head,
+                        int head_dim, const void *k, const void *v, lloco_dtype kv_type,
+                        int kv_stride, float scale, float *out) {
     LLOCO_ASSERT(m >= 0 && p0 >= 0 && head_dim > 0);
     LLOCO_ASSERT(n_kv_head > 0 && n_head > 0 && n_head % n_kv_head == 0);
     LLOCO_ASSERT(is_cache_type(kv_type) && kv_stride >= n_kv_head * head_dim);
     if (m == 0) return;
     LLOCO_ASSERT(q && k && v && out);
-    be->iface->attention(be, q, m, p0, n_head, n_kv_head, head_dim, k, v, kv_type, kv_stride,
-                         scale, out);
+    be->iface->attention(be, q, m, p0, n_head, n_kv_head, head_dim, k, v, kv_type, kv_stride, scale,
+                         out);
 }
 
-void lloco_op_store_rows(lloco_backend *be, const float *x, int m, int d, void *dst,
-                         lloco_dtype t, int stride) {
+void lloco_op_store_rows(lloco_backend *be, const float *x, int m, int d, void *dst, lloco_dtype t,
+                         int stride) {
     LLOCO_ASSERT(m >= 0 && d > 0 && is_cache_type(t) && stride >= d);
     if (m == 0) return;
     LLOCO_ASSERT(x && dst);

@@ -89,7 +89,7 @@ void lloco_ref_get_rows(lloco_backend *be, const void *table, lloco_dtype t, int
 void lloco_ref_attention(lloco_backend *be, const float *q, int m, int p0, int n_head,
                          int n_kv_head, int head_dim, const void *k, const void *v,
                          lloco_dtype kv_type, int kv_stride, float scale, float *out);
-void lloco_ref_store_rows(lloco_backend *be, const float *x, int m, int d, void *dst,
-                          lloco_dtype t, int stride);
+void lloco_ref_store_rows(lloco_backend *be, const float *x, int m, int d, void *dst, lloco_dtype t,
+                          int stride);
 
 #endif

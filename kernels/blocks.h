@@ -18,13 +18,14 @@
 #define LLOCO_PACKED __attribute__((packed))
 
 typedef struct LLOCO_PACKED {
-    uint16_t d;       /* fp16 scale */
-    int8_t qs[QK32];  /* x = d * q */
+    uint16_t d;      /* fp16 scale */
+    int8_t qs[QK32]; /* x = d * q */
 } block_q8_0;
 
 typedef struct LLOCO_PACKED {
-    uint16_t d;           /* fp16 scale */
-    uint8_t qs[QK32 / 2]; /* element j in the low nibble of qs[j], j+16 in the high one; x = d*(q-8) */
+    uint16_t d; /* fp16 scale */
+    uint8_t
+        qs[QK32 / 2]; /* element j in the low nibble of qs[j], j+16 in the high one; x = d*(q-8) */
 } block_q4_0;
 
 typedef struct LLOCO_PACKED {
@@ -34,16 +35,16 @@ typedef struct LLOCO_PACKED {
 } block_q4_1;
 
 typedef struct LLOCO_PACKED {
-    uint16_t d;      /* fp16 scale */
-    uint16_t s;      /* fp16 of d * sum(qs): lets q4_1 dots add m*s once per block */
+    uint16_t d; /* fp16 scale */
+    uint16_t s; /* fp16 of d * sum(qs): lets q4_1 dots add m*s once per block */
     int8_t qs[QK32];
 } block_q8_1;
 
 typedef struct LLOCO_PACKED {
-    uint16_t d;            /* fp16 super-scale of the 6-bit sub-block scales */
-    uint16_t dmin;         /* fp16 super-scale of the 6-bit sub-block mins */
-    uint8_t scales[12];    /* 8 scales + 8 mins, 6 bits each (see q4k_scale_min) */
-    uint8_t qs[QK_K / 2];  /* 64-element chunks: low nibbles first 32, high nibbles next 32 */
+    uint16_t d;           /* fp16 super-scale of the 6-bit sub-block scales */
+    uint16_t dmin;        /* fp16 super-scale of the 6-bit sub-block mins */
+    uint8_t scales[12];   /* 8 scales + 8 mins, 6 bits each (see q4k_scale_min) */
+    uint8_t qs[QK_K / 2]; /* 64-element chunks: low nibbles first 32, high nibbles next 32 */
 } block_q4_K;
 
 typedef struct LLOCO_PACKED {
@@ -54,7 +55,7 @@ typedef struct LLOCO_PACKED {
 } block_q6_K;
 
 typedef struct LLOCO_PACKED {
-    float d;                  /* f32 scale (not fp16: it only lives in memory) */
+    float d; /* f32 scale (not fp16: it only lives in memory) */
     int8_t qs[QK_K];
     int16_t bsums[QK_K / 16]; /* sums of 16 consecutive qs, for the K-quant mins */
 } block_q8_K;

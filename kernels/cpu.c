@@ -13,10 +13,15 @@
 #include "kernels/blocks.h"
 #include "kernels/cpu_kernels.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 /* Below this many activation rows the matmul streams weight rows straight
  * from their GGUF blocks (decode); from it on, it packs panels of weight rows
- * once and reuses them for every activation tile (prefill). */
-#define MM_PACKED_MIN_M 4
+ * once and reuses them for every activation tile (prefill). Packing costs
+ * about as much as three or four streamed rows (measured). */
+#define MM_PACKED_MIN_M 5
 /* Panels a thread packs at once: their bytes stay in L2 while every
  * activation tile streams past them. */
 #define MM_MACRO_PANELS 8
@@ -25,8 +30,8 @@
 /* Elementwise ops smaller than this run on the calling thread: a dispatch
  * costs more than the work. */
 #define PARALLEL_MIN_ELEMS 32768
-/* Query rows per attention task: the KV values converted for one chunk of
- * positions serve this many rows times the heads sharing a KV head. */
+/* Query rows per attention task without SIMD kernels: the KV values of a
+ * position serve this many rows times the heads sharing a KV head. */
 #define ATTN_ROWS 4
 /* Positions per split when one sequence's attention is cut into pieces so
  * that every thread gets work (decode). */
@@ -35,7 +40,6 @@
 typedef struct {
     lloco_threadpool *pool;
     int n_threads;
-    lloco_cpu_isa isa;
     const cpu_kernels *kern; /* NULL: portable code only */
     uint8_t *scratch;
     size_t scratch_size;
@@ -43,11 +47,20 @@ typedef struct {
 
 /* ---- ISA ---------------------------------------------------------------- */
 
+#if defined(__x86_64__)
+/* F16C straight from CPUID (leaf 1, ECX bit 29): not every compiler's
+ * __builtin_cpu_supports knows the name. */
+static int cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
+#endif
+
 lloco_cpu_isa lloco_cpu_isa_detect(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                     __builtin_cpu_supports("f16c");
+    const int avx2 =
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
         return LLOCO_CPU_ISA_AVX512;
@@ -86,8 +99,8 @@ static void *scratch_get(cpu_ctx *cx, size_t size) {
     cx->scratch = aligned_alloc(64, want);
     cx->scratch_size = cx->scratch ? want : 0;
     if (!cx->scratch)
-        lloco_log(LLOCO_LOG_WARN, "cpu backend: no memory for %zu bytes of scratch, using reference kernels",
-                  size);
+        lloco_log(LLOCO_LOG_WARN,
+                  "cpu backend: no memory for %zu bytes of scratch, using reference kernels", size);
     return cx->scratch;
 }
 
@@ -117,12 +130,13 @@ typedef struct {
     const float *x;
     int m;
     float *y;
+    int int8;         /* the ISA's integer kernels, rather than the portable path */
     int packed;       /* prefill kernels (panels x tiles) rather than decode */
     uint8_t *act;     /* quantized activations: m rows (padded to a tile) */
     size_t act_bytes; /* per row */
     uint8_t *panels;  /* per thread: MM_MACRO_PANELS * panel_bytes */
     size_t panel_bytes;
-    lloco_dtype at;   /* portable path: activations as GGML blocks of this type */
+    lloco_dtype at; /* portable path: activations as GGML blocks of this type */
 } mm_job;
 
 static void mm_quantize_task(void *p, int ith, int nth) {
@@ -130,8 +144,9 @@ static void mm_quantize_task(void *p, int ith, int nth) {
     int64_t b, e;
     split_range(j->m, 1, ith, nth, &b, &e);
     for (int64_t i = b; i < e; i++) {
-        if (j->kern && is_int8_type(j->wt))
-            j->kern->quantize_act(j->wt, j->x + i * j->k, j->k, j->packed, j->act + i * j->act_bytes);
+        if (j->int8)
+            j->kern->quantize_act(j->wt, j->x + i * j->k, j->k, j->packed,
+                                  j->act + i * j->act_bytes);
         else
             lloco_quantize_row(j->at, j->x + i * j->k, j->act + i * j->act_bytes, j->k);
     }
@@ -161,16 +176,19 @@ static void mm_packed_task(void *p, int ith, int nth) {
         for (int q = 0; q < np; q++) {
             const int64_t r0 = (p0 + q) * R;
             const int rows = (int)(j->n - r0 < R ? j->n - r0 : R);
-            kn->mm_pack(j->wt, j->w + r0 * j->row_bytes, j->row_bytes, rows, j->k, panels + q * j->panel_bytes);
+            kn->mm_pack(j->wt, j->w + r0 * j->row_bytes, j->row_bytes, rows, j->k,
+                        panels + q * j->panel_bytes);
         }
         for (int i0 = 0; i0 < j->m; i0 += C) {
             for (int q = 0; q < np; q++) {
-                kn->mm_tile(j->wt, panels + q * j->panel_bytes, j->k, j->act + i0 * j->act_bytes, j->act_bytes, out);
+                kn->mm_tile(j->wt, panels + q * j->panel_bytes, j->k, j->act + i0 * j->act_bytes,
+                            j->act_bytes, out);
                 const int64_t r0 = (p0 + q) * R;
                 const int rows = (int)(j->n - r0 < R ? j->n - r0 : R);
                 const int cols = j->m - i0 < C ? j->m - i0 : C;
                 for (int c = 0; c < cols; c++)
-                    for (int r = 0; r < rows; r++) j->y[(size_t)(i0 + c) * j->n + r0 + r] = out[c * R + r];
+                    for (int r = 0; r < rows; r++)
+                        j->y[(size_t)(i0 + c) * j->n + r0 + r] = out[c * R + r];
             }
         }
     }
@@ -213,24 +231,31 @@ static void mm_float_task(void *p, int ith, int nth) {
     split_range(j->n, MM_ROW_ALIGN, ith, nth, &b, &e);
     if (b >= e) return;
     if (j->kern)
-        j->kern->mm_float(j->wt, j->w + b * j->row_bytes, j->row_bytes, (int)(e - b), j->k, j->x, j->m,
-                          j->y + b, j->n);
+        j->kern->mm_float(j->wt, j->w + b * j->row_bytes, j->row_bytes, (int)(e - b), j->k, j->x,
+                          j->m, j->y + b, j->n);
     else
-        mm_float_portable(j->wt, j->w + b * j->row_bytes, j->row_bytes, (int)(e - b), j->k, j->x, j->m,
-                          j->y + b, j->n);
+        mm_float_portable(j->wt, j->w + b * j->row_bytes, j->row_bytes, (int)(e - b), j->k, j->x,
+                          j->m, j->y + b, j->n);
 }
 
 static void cpu_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, int k,
                        const float *x, int m, float *y) {
     cpu_ctx *cx = be->ctx;
-    mm_job j = {.kern = cx->kern, .w = w, .wt = wt, .n = n, .k = k,
-                .row_bytes = lloco_dtype_row_bytes(wt, k), .x = x, .m = m, .y = y};
+    mm_job j = {.kern = cx->kern,
+                .w = w,
+                .wt = wt,
+                .n = n,
+                .k = k,
+                .row_bytes = lloco_dtype_row_bytes(wt, k),
+                .x = x,
+                .m = m,
+                .y = y};
     if (lloco_dtype_vec_dot_type(wt) == LLOCO_DTYPE_F32) {
         lloco_threadpool_run(cx->pool, mm_float_task, &j);
         return;
     }
     const cpu_kernels *kn = cx->kern;
-    const int int8 = kn && is_int8_type(wt);
+    const int int8 = j.int8 = kn && is_int8_type(wt);
     j.packed = int8 && m >= MM_PACKED_MIN_M;
     /* Activation rows padded to whole tiles with zero rows, so tiles never
      * have a ragged edge. */
@@ -239,7 +264,8 @@ static void cpu_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, 
     j.act_bytes = int8 ? kn->act_row_bytes(wt, k, j.packed) : lloco_dtype_row_bytes(j.at, k);
     j.panel_bytes = j.packed ? kn->mm_panel_bytes(wt, k) : 0;
     const size_t act_total = align64((size_t)m_pad * j.act_bytes);
-    uint8_t *mem = scratch_get(cx, act_total + (size_t)cx->n_threads * MM_MACRO_PANELS * j.panel_bytes);
+    uint8_t *mem =
+        scratch_get(cx, act_total + (size_t)cx->n_threads * MM_MACRO_PANELS * j.panel_bytes);
     if (!mem) {
         lloco_ref_matmul(be, w, wt, n, k, x, m, y);
         return;
@@ -251,7 +277,11 @@ static void cpu_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, 
         mm_quantize_task(&j, 0, 1);
     else
         lloco_threadpool_run(cx->pool, mm_quantize_task, &j);
-    lloco_threadpool_run(cx->pool, !int8 ? mm_portable_task : j.packed ? mm_packed_task : mm_rows_task, &j);
+    lloco_threadpool_run(cx->pool,
+                         !int8      ? mm_portable_task
+                         : j.packed ? mm_packed_task
+                                    : mm_rows_task,
+                         &j);
 }
 
 /* ---- row-wise ops ------------------------------------------------------- */
@@ -280,14 +310,18 @@ static void rmsnorm_task(void *p, int ith, int nth) {
     for (int64_t i = b; i < e; i++) {
         const float *xi = j->x + i * j->d;
         float *yi = j->y + i * j->d;
-        if (j->kern) j->kern->rmsnorm_row(xi, j->w, j->d, j->eps, yi);
-        else rmsnorm_row_portable(xi, j->w, j->d, j->eps, yi);
+        if (j->kern)
+            j->kern->rmsnorm_row(xi, j->w, j->d, j->eps, yi);
+        else
+            rmsnorm_row_portable(xi, j->w, j->d, j->eps, yi);
     }
 }
 
 static void run_rows(cpu_ctx *cx, lloco_task_fn fn, void *job, int64_t elems) {
-    if (elems < PARALLEL_MIN_ELEMS) fn(job, 0, 1);
-    else lloco_threadpool_run(cx->pool, fn, job);
+    if (elems < PARALLEL_MIN_ELEMS)
+        fn(job, 0, 1);
+    else
+        lloco_threadpool_run(cx->pool, fn, job);
 }
 
 static void cpu_rmsnorm(lloco_backend *be, const float *x, const float *w, int m, int d, float eps,
@@ -318,8 +352,10 @@ static void softmax_task(void *p, int ith, int nth) {
     int64_t b, e;
     split_range(j->m, 1, ith, nth, &b, &e);
     for (int64_t i = b; i < e; i++) {
-        if (j->kern) j->kern->softmax_row(j->y + i * j->d, j->d);
-        else softmax_row_portable(j->y + i * j->d, j->d);
+        if (j->kern)
+            j->kern->softmax_row(j->y + i * j->d, j->d);
+        else
+            softmax_row_portable(j->y + i * j->d, j->d);
     }
 }
 
@@ -401,8 +437,10 @@ static void silu_mul_task(void *p, int ith, int nth) {
     int64_t b, e;
     split_range(j->n, 64, ith, nth, &b, &e);
     if (b >= e) return;
-    if (j->kern) j->kern->silu_mul(j->a + b, j->b + b, j->out + b, e - b);
-    else lloco_ref_silu_mul(NULL, j->a + b, j->b + b, j->out + b, e - b);
+    if (j->kern)
+        j->kern->silu_mul(j->a + b, j->b + b, j->out + b, e - b);
+    else
+        lloco_ref_silu_mul(NULL, j->a + b, j->b + b, j->out + b, e - b);
 }
 
 static void cpu_silu_mul(lloco_backend *be, const float *gate, const float *up, float *out,
@@ -430,8 +468,10 @@ static void add_task(void *p, int ith, int nth) {
     int64_t b, e;
     split_range(j->n, 64, ith, nth, &b, &e);
     if (b >= e) return;
-    if (j->kern) j->kern->add(j->out + b, j->a + b, e - b);
-    else lloco_ref_add(NULL, j->out + b, j->a + b, e - b);
+    if (j->kern)
+        j->kern->add(j->out + b, j->a + b, e - b);
+    else
+        lloco_ref_add(NULL, j->out + b, j->a + b, e - b);
 }
 
 static void cpu_add(lloco_backend *be, float *y, const float *x, int64_t n) {
@@ -463,8 +503,10 @@ static void get_rows_task(void *p, int ith, int nth) {
     for (int64_t i = b; i < e; i++) {
         const uint8_t *src = (const uint8_t *)j->table + (size_t)j->ids[i] * row_bytes;
         float *o = j->out + i * j->d;
-        if (j->t == LLOCO_DTYPE_F16 && j->kern) j->kern->f16_to_f32((const uint16_t *)src, o, j->d);
-        else lloco_dequantize_row(j->t, src, o, j->d);
+        if (j->t == LLOCO_DTYPE_F16 && j->kern)
+            j->kern->f16_to_f32((const uint16_t *)src, o, j->d);
+        else
+            lloco_dequantize_row(j->t, src, o, j->d);
     }
 }
 
@@ -485,8 +527,10 @@ static void store_rows_task(void *p, int ith, int nth) {
             memcpy((float *)j->dst + r * j->stride, src, (size_t)j->d * sizeof(float));
         } else {
             uint16_t *o = (uint16_t *)j->dst + r * j->stride;
-            if (j->kern) j->kern->f32_to_f16(src, o, j->d);
-            else lloco_quantize_row(LLOCO_DTYPE_F16, src, o, j->d);
+            if (j->kern)
+                j->kern->f32_to_f16(src, o, j->d);
+            else
+                lloco_quantize_row(LLOCO_DTYPE_F16, src, o, j->d);
         }
     }
 }
@@ -541,7 +585,7 @@ typedef struct {
     const cpu_kernels *kern;
     attn_args a;
     float *out;
-    int group, n_qblocks, n_splits, split_len, n_tasks;
+    int group, rows, n_qblocks, n_splits, split_len, n_tasks; /* rows: query rows per task */
     atomic_int next;
     float *states; /* per task when split (merged afterwards), else per thread */
     size_t task_floats;
@@ -570,7 +614,7 @@ static void attn_task(void *p, int ith, int nth) {
         if (t >= j->n_tasks) break;
         int qb, g, s;
         attn_task_coords(j, t, &qb, &g, &s);
-        const int i0 = qb * ATTN_ROWS, i1 = i0 + ATTN_ROWS < a->m ? i0 + ATTN_ROWS : a->m;
+        const int i0 = qb * j->rows, i1 = i0 + j->rows < a->m ? i0 + j->rows : a->m;
         const int p_begin = s * j->split_len;
         int p_end = a->p0 + i1; /* the block's last row sees positions < p0 + i1 */
         if (j->n_splits > 1 && p_begin + j->split_len < p_end) p_end = p_begin + j->split_len;
@@ -582,8 +626,10 @@ static void attn_task(void *p, int ith, int nth) {
             memset(sq + 2, 0, (size_t)hd * sizeof(float));
         }
         if (p_begin < p_end) {
-            if (j->kern && hd % 8 == 0 && hd <= 256) j->kern->attn(a, g, i0, i1, p_begin, p_end, st);
-            else attn_portable(a, g, i0, i1, p_begin, p_end, st);
+            if (j->kern)
+                j->kern->attn(a, g, i0, i1, p_begin, p_end, st);
+            else
+                attn_portable(a, g, i0, i1, p_begin, p_end, st);
         }
         if (j->n_splits > 1) continue;
         for (int i = i0; i < i1; i++) {
@@ -602,19 +648,22 @@ static void attn_merge(attn_job *j) {
     const attn_args *a = &j->a;
     const int hd = a->head_dim;
     for (int qb = 0; qb < j->n_qblocks; qb++) {
-        const int i0 = qb * ATTN_ROWS, i1 = i0 + ATTN_ROWS < a->m ? i0 + ATTN_ROWS : a->m;
+        const int i0 = qb * j->rows, i1 = i0 + j->rows < a->m ? i0 + j->rows : a->m;
         for (int g = 0; g < a->n_kv_head; g++) {
             const int t0 = ((j->n_qblocks - 1 - qb) * a->n_kv_head + g) * j->n_splits;
             for (int i = i0; i < i1; i++) {
                 for (int hh = 0; hh < j->group; hh++) {
                     float max = -INFINITY;
                     for (int s = 0; s < j->n_splits; s++)
-                        max = fmaxf(max, attn_state(j, j->states + (size_t)(t0 + s) * j->task_floats, i - i0, hh)[0]);
+                        max =
+                            fmaxf(max, attn_state(j, j->states + (size_t)(t0 + s) * j->task_floats,
+                                                  i - i0, hh)[0]);
                     float *o = j->out + ((size_t)i * a->n_head + g * j->group + hh) * hd;
                     memset(o, 0, (size_t)hd * sizeof(float));
                     float sum = 0.0f;
                     for (int s = 0; s < j->n_splits; s++) {
-                        const float *sq = attn_state(j, j->states + (size_t)(t0 + s) * j->task_floats, i - i0, hh);
+                        const float *sq = attn_state(
+                            j, j->states + (size_t)(t0 + s) * j->task_floats, i - i0, hh);
                         if (sq[1] == 0.0f) continue; /* split past this row's causal limit */
                         const float c = expf(sq[0] - max);
                         sum += sq[1] * c;
@@ -632,11 +681,16 @@ static void cpu_attention(lloco_backend *be, const float *q, int m, int p0, int 
                           int n_kv_head, int head_dim, const void *k, const void *v,
                           lloco_dtype kv_type, int kv_stride, float scale, float *out) {
     cpu_ctx *cx = be->ctx;
-    attn_job j = {.kern = cx->kern,
+    const int group = n_head / n_kv_head;
+    const int simd = cx->kern && head_dim % 8 == 0 && head_dim <= 256;
+    int rows = simd ? cx->kern->attn_lanes / group : ATTN_ROWS;
+    if (rows < 1) rows = 1;
+    attn_job j = {.kern = simd ? cx->kern : NULL,
                   .a = {q, m, p0, n_head, n_kv_head, head_dim, k, v, kv_type, kv_stride, scale},
                   .out = out,
-                  .group = n_head / n_kv_head,
-                  .n_qblocks = (m + ATTN_ROWS - 1) / ATTN_ROWS,
+                  .group = group,
+                  .rows = rows,
+                  .n_qblocks = (m + rows - 1) / rows,
                   .n_splits = 1};
     const int n_kv = p0 + m;
     const int base = n_kv_head * j.n_qblocks;
@@ -648,7 +702,7 @@ static void cpu_attention(lloco_backend *be, const float *q, int m, int p0, int 
     }
     j.split_len = (n_kv + j.n_splits - 1) / j.n_splits;
     j.n_tasks = base * j.n_splits;
-    j.task_floats = (size_t)ATTN_ROWS * j.group * ATTN_STATE_FLOATS(head_dim);
+    j.task_floats = (size_t)rows * group * ATTN_STATE_FLOATS(head_dim);
     const size_t n_states = j.n_splits > 1 ? (size_t)j.n_tasks : (size_t)cx->n_threads;
     j.states = scratch_get(cx, n_states * j.task_floats * sizeof(float));
     if (!j.states) {
@@ -659,8 +713,10 @@ static void cpu_attention(lloco_backend *be, const float *q, int m, int p0, int 
     atomic_init(&j.next, 0);
     /* A short context's work is smaller than a dispatch. */
     const int64_t work = (int64_t)n_head * m * n_kv * head_dim;
-    if (work < 4 * PARALLEL_MIN_ELEMS && j.n_splits == 1) attn_task(&j, 0, 1);
-    else lloco_threadpool_run(cx->pool, attn_task, &j);
+    if (work < PARALLEL_MIN_ELEMS && j.n_splits == 1)
+        attn_task(&j, 0, 1);
+    else
+        lloco_threadpool_run(cx->pool, attn_task, &j);
     if (j.n_splits > 1) attn_merge(&j);
 }
 
@@ -698,13 +754,17 @@ int lloco_backend_init_cpu(lloco_backend *be, int n_threads, lloco_cpu_isa isa) 
         return rc;
     }
     cx->n_threads = n_threads;
-    cx->isa = isa;
     cx->kern = kernels_for(isa);
     be->iface = &cpu_iface;
     be->name = "cpu";
     be->n_threads = n_threads;
     be->ctx = cx;
-    snprintf(be->describe, sizeof be->describe, "%s, %d thread%s", lloco_cpu_isa_name(isa), n_threads,
+    static const char *features[LLOCO_CPU_ISA_COUNT] = {
+        [LLOCO_CPU_ISA_SCALAR] = "portable C",
+        [LLOCO_CPU_ISA_AVX2] = "avx2 fma f16c",
+        [LLOCO_CPU_ISA_AVX512] = "avx512 vnni f16c",
+    };
+    snprintf(be->describe, sizeof be->describe, "%s, %d thread%s", features[isa], n_threads,
              n_threads == 1 ? "" : "s");
     return 0;
 }

@@ -15,8 +15,10 @@ static size_t act_row_bytes(lloco_dtype wt, int k, int packed) {
 }
 
 static void quantize_act(lloco_dtype wt, const float *x, int k, int packed, uint8_t *row) {
-    if (packed) quantize_packed(wt, x, k, row);
-    else quantize_natural(wt, x, k, row);
+    if (packed)
+        quantize_packed(wt, x, k, row);
+    else
+        quantize_natural(wt, x, k, row);
 }
 
 const cpu_kernels lloco_cpu_kernels_avx2 = {
@@ -30,6 +32,7 @@ const cpu_kernels lloco_cpu_kernels_avx2 = {
     .mm_tile = x86_mm_tile,
     .mm_float = x86_mm_float,
     .attn = x86_attn,
+    .attn_lanes = LANES,
     .rmsnorm_row = x86_rmsnorm_row,
     .softmax_row = x86_softmax_row,
     .silu_mul = x86_silu_mul,

@@ -23,6 +23,8 @@
  *              2-3; lane l is block l/8 of its pair.
  * Padding blocks are zero. */
 #define QUAD_BYTES 384
+/* Decode streams each weight byte from memory once; the rows this far ahead
+ * are fetched while the current ones compute (tuned on Sapphire Rapids). */
 #define PREFETCH_ROWS 12
 
 static size_t quad_act_row_bytes(int k) { return (size_t)((k / QK32 + 3) / 4) * QUAD_BYTES; }
@@ -54,7 +56,8 @@ static void quantize_quads(lloco_dtype wt, const float *x, int k, uint8_t *row) 
             } else {
                 /* lane 4i+t sums values 4t..4t+3 and 16+4t..16+4t+3 */
                 _mm_storeu_si128((__m128i *)(aq + 16 * i), _mm256_castsi256_si128(qb.q[bb]));
-                _mm_storeu_si128((__m128i *)(aq + 64 + 16 * i), _mm256_extracti128_si256(qb.q[bb], 1));
+                _mm_storeu_si128((__m128i *)(aq + 64 + 16 * i),
+                                 _mm256_extracti128_si256(qb.q[bb], 1));
                 for (int t = 0; t < 4; t++) {
                     lanes[4 * i + t] = d[bb];
                     ilanes[32 + 4 * i + t] = cm * (sum4[t] + sum4[4 + t]);
@@ -80,8 +83,9 @@ static __m512i word_index(int first, int stride, int per, int first2, int stride
     return _mm512_loadu_si512(idx);
 }
 
-/* Words of the 4 blocks' 16-byte (q4) quants, from 4-byte-aligned ones for
- * q4_1 (dword permute) or 2-byte-aligned ones for q4_0 (word permute). */
+/* Indices gathering the 4 blocks' 16 quant bytes each into one register:
+ * dwords for q4_1 (whose quants start 4-byte aligned, at 4 + 20 i), words
+ * for q4_0 (2-byte aligned, at 2 + 18 i). */
 static __m512i q4_quant_index(lloco_dtype wt) {
     if (wt == LLOCO_DTYPE_Q4_1) /* qs at 4 + 20 i: dwords 1 + 5 i .. 4 + 5 i */
         return _mm512_setr_epi32(1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19);
@@ -93,28 +97,32 @@ static __m512i q4_quant_index(lloco_dtype wt) {
 
 /* One quad of one q4 weight row against the activation quad: integer dots
  * (4 lanes per block), then scale and, for q4_1, minimum terms. */
-INLINE void quad_q4(lloco_dtype wt, const uint8_t *p, int nbytes, const uint8_t *aq, __m512i iq, __m512i idm,
-                    __m512 *acc, __m512 *macc) {
+INLINE void quad_q4(lloco_dtype wt, const uint8_t *p, int nbytes, const uint8_t *aq, __m512i iq,
+                    __m512i idm, __m512 *acc, __m512 *macc) {
     /* masked loads never touch bytes past the quad (or the row's last block) */
-    const __m512i z0 = nbytes >= 64 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(first_bytes(nbytes), p);
+    const __m512i z0 =
+        nbytes >= 64 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(first_bytes(nbytes), p);
     const __m512i z1 = _mm512_maskz_loadu_epi8(first_bytes(nbytes - 64), p + 64);
     const __m512i qq = wt == LLOCO_DTYPE_Q4_1 ? _mm512_permutex2var_epi32(z0, iq, z1)
                                               : _mm512_permutex2var_epi16(z0, iq, z1);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i lo = _mm512_and_si512(qq, m4), hi = _mm512_and_si512(_mm512_srli_epi16(qq, 4), m4);
-    const __m512i init = wt == LLOCO_DTYPE_Q4_1 ? _mm512_setzero_si512() : _mm512_loadu_si512(aq + 256);
-    const __m512i ai = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, _mm512_loadu_si512(aq)), hi,
-                                           _mm512_loadu_si512(aq + 64));
+    const __m512i lo = _mm512_and_si512(qq, m4),
+                  hi = _mm512_and_si512(_mm512_srli_epi16(qq, 4), m4);
+    const __m512i init =
+        wt == LLOCO_DTYPE_Q4_1 ? _mm512_setzero_si512() : _mm512_loadu_si512(aq + 256);
+    const __m512i ai = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, _mm512_loadu_si512(aq)),
+                                           hi, _mm512_loadu_si512(aq + 64));
     const __m512i dmw = _mm512_permutex2var_epi16(z0, idm, z1); /* d lanes, then m lanes (q4_1) */
     const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dmw));
-    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), _mm512_mul_ps(dw, _mm512_loadu_ps(aq + 128)), *acc);
+    *acc =
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), _mm512_mul_ps(dw, _mm512_loadu_ps(aq + 128)), *acc);
     if (wt == LLOCO_DTYPE_Q4_1)
         *macc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(dmw, 1)),
                                 _mm512_loadu_ps(aq + 192), *macc);
 }
 
-INLINE void quad_q8_0(const uint8_t *p, int nbytes, const uint8_t *aq, __m512i ia, __m512i ib, __m512i id,
-                      __m512 *acc) {
+INLINE void quad_q8_0(const uint8_t *p, int nbytes, const uint8_t *aq, __m512i ia, __m512i ib,
+                      __m512i id, __m512 *acc) {
     __m512i z0, z1, z2;
     if (nbytes == 136) {
         z0 = _mm512_loadu_si512(p);
@@ -128,19 +136,23 @@ INLINE void quad_q8_0(const uint8_t *p, int nbytes, const uint8_t *aq, __m512i i
     const __m512i bias = _mm512_set1_epi8((char)0x80); /* signed -> unsigned, see c_mult */
     const __m512i qa = _mm512_xor_si512(_mm512_permutex2var_epi16(z0, ia, z1), bias);
     const __m512i qb = _mm512_xor_si512(_mm512_permutex2var_epi16(z1, ib, z2), bias);
-    const __m512i aa = _mm512_dpbusd_epi32(_mm512_loadu_si512(aq + 256), qa, _mm512_loadu_si512(aq));
-    const __m512i ab = _mm512_dpbusd_epi32(_mm512_loadu_si512(aq + 320), qb, _mm512_loadu_si512(aq + 64));
+    const __m512i aa =
+        _mm512_dpbusd_epi32(_mm512_loadu_si512(aq + 256), qa, _mm512_loadu_si512(aq));
+    const __m512i ab =
+        _mm512_dpbusd_epi32(_mm512_loadu_si512(aq + 320), qb, _mm512_loadu_si512(aq + 64));
     const __m512i dd = _mm512_permutex2var_epi16(z0, id, z1);
     const __m512 da = _mm512_cvtph_ps(_mm512_castsi512_si256(dd));
     const __m512 db = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(dd, 1));
-    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(aa), _mm512_mul_ps(da, _mm512_loadu_ps(aq + 128)), *acc);
-    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ab), _mm512_mul_ps(db, _mm512_loadu_ps(aq + 192)), *acc);
+    *acc =
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(aa), _mm512_mul_ps(da, _mm512_loadu_ps(aq + 128)), *acc);
+    *acc =
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(ab), _mm512_mul_ps(db, _mm512_loadu_ps(aq + 192)), *acc);
 }
 
 /* NR weight rows against one activation row. The activation quad is
  * re-read per row from L1; the weight bytes stream once. */
-INLINE void rows_quads(lloco_dtype wt, const uint8_t *w, size_t rb, int NR, int nb, const uint8_t *act,
-                       float *y) {
+INLINE void rows_quads(lloco_dtype wt, const uint8_t *w, size_t rb, int NR, int nb,
+                       const uint8_t *act, float *y) {
     const int bb = (int)lloco_dtype_block_bytes(wt), qb = 4 * bb;
     const int nfull = nb / 4, tail = (nb % 4) * bb;
     __m512i i0, i1, i2 = _mm512_setzero_si512();
@@ -165,13 +177,14 @@ INLINE void rows_quads(lloco_dtype wt, const uint8_t *w, size_t rb, int NR, int 
         UNROLL
         for (int r = 0; r < NR; r++) {
             const uint8_t *p = w + r * rb + (size_t)q * qb;
-            /* Decode streams weights from memory once: fetch the same bytes
-             * of the rows three groups ahead, due as those groups start. */
             _mm_prefetch((const char *)p + PREFETCH_ROWS * rb, _MM_HINT_T0);
             _mm_prefetch((const char *)p + PREFETCH_ROWS * rb + 64, _MM_HINT_T0);
             if (qb > 128) _mm_prefetch((const char *)p + PREFETCH_ROWS * rb + 128, _MM_HINT_T0);
-            if (wt == LLOCO_DTYPE_Q8_0) quad_q8_0(p, 4 * 34, aq, i0, i1, i2, &acc[r]);
-            else quad_q4(wt, p, wt == LLOCO_DTYPE_Q4_1 ? 4 * 20 : 4 * 18, aq, i0, i1, &acc[r], &macc[r]);
+            if (wt == LLOCO_DTYPE_Q8_0)
+                quad_q8_0(p, 4 * 34, aq, i0, i1, i2, &acc[r]);
+            else
+                quad_q4(wt, p, wt == LLOCO_DTYPE_Q4_1 ? 4 * 20 : 4 * 18, aq, i0, i1, &acc[r],
+                        &macc[r]);
         }
     }
     if (tail) {
@@ -179,26 +192,31 @@ INLINE void rows_quads(lloco_dtype wt, const uint8_t *w, size_t rb, int NR, int 
         UNROLL
         for (int r = 0; r < NR; r++) {
             const uint8_t *p = w + r * rb + (size_t)nfull * qb;
-            if (wt == LLOCO_DTYPE_Q8_0) quad_q8_0(p, tail, aq, i0, i1, i2, &acc[r]);
-            else quad_q4(wt, p, tail, aq, i0, i1, &acc[r], &macc[r]);
+            if (wt == LLOCO_DTYPE_Q8_0)
+                quad_q8_0(p, tail, aq, i0, i1, i2, &acc[r]);
+            else
+                quad_q4(wt, p, tail, aq, i0, i1, &acc[r], &macc[r]);
         }
     }
     UNROLL
     for (int r = 0; r < NR; r++) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], macc[r]));
 }
 
-static void mm_rows_quads(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int k, const uint8_t *act,
-                          float *y) {
+static void mm_rows_quads(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int k,
+                          const uint8_t *act, float *y) {
     const int nb = k / QK32;
     int r = 0;
     if (wt == LLOCO_DTYPE_Q4_1) {
-        for (; r + 4 <= nrows; r += 4) rows_quads(LLOCO_DTYPE_Q4_1, w + r * rb, rb, 4, nb, act, y + r);
+        for (; r + 4 <= nrows; r += 4)
+            rows_quads(LLOCO_DTYPE_Q4_1, w + r * rb, rb, 4, nb, act, y + r);
         for (; r < nrows; r++) rows_quads(LLOCO_DTYPE_Q4_1, w + r * rb, rb, 1, nb, act, y + r);
     } else if (wt == LLOCO_DTYPE_Q8_0) {
-        for (; r + 4 <= nrows; r += 4) rows_quads(LLOCO_DTYPE_Q8_0, w + r * rb, rb, 4, nb, act, y + r);
+        for (; r + 4 <= nrows; r += 4)
+            rows_quads(LLOCO_DTYPE_Q8_0, w + r * rb, rb, 4, nb, act, y + r);
         for (; r < nrows; r++) rows_quads(LLOCO_DTYPE_Q8_0, w + r * rb, rb, 1, nb, act, y + r);
     } else {
-        for (; r + 4 <= nrows; r += 4) rows_quads(LLOCO_DTYPE_Q4_0, w + r * rb, rb, 4, nb, act, y + r);
+        for (; r + 4 <= nrows; r += 4)
+            rows_quads(LLOCO_DTYPE_Q4_0, w + r * rb, rb, 4, nb, act, y + r);
         for (; r < nrows; r++) rows_quads(LLOCO_DTYPE_Q4_0, w + r * rb, rb, 1, nb, act, y + r);
     }
 }
@@ -209,8 +227,10 @@ static size_t act_row_bytes(lloco_dtype wt, int k, int packed) {
 }
 
 static void quantize_act(lloco_dtype wt, const float *x, int k, int packed, uint8_t *row) {
-    if (packed) quantize_packed(wt, x, k, row);
-    else quantize_quads(wt, x, k, row);
+    if (packed)
+        quantize_packed(wt, x, k, row);
+    else
+        quantize_quads(wt, x, k, row);
 }
 
 const cpu_kernels lloco_cpu_kernels_avx512 = {
@@ -224,6 +244,7 @@ const cpu_kernels lloco_cpu_kernels_avx512 = {
     .mm_tile = x86_mm_tile,
     .mm_float = x86_mm_float,
     .attn = x86_attn,
+    .attn_lanes = LANES,
     .rmsnorm_row = x86_rmsnorm_row,
     .softmax_row = x86_softmax_row,
     .silu_mul = x86_silu_mul,

@@ -24,8 +24,8 @@ typedef struct {
  * and the exp-weighted sum of values (head_dim floats follow). */
 #define ATTN_STATE_FLOATS(head_dim) (2 + (size_t)(head_dim))
 
-/* The kernels one ISA provides. NULL entries fall back to cpu.c's portable
- * code; the scalar ISA provides none. */
+/* The kernels of one ISA; every entry is set. (The scalar ISA has no table:
+ * cpu.c's portable code runs instead.) */
 typedef struct {
     /* Integer matmul for Q4_0, Q4_1 and Q8_0 weights. Activations are
      * quantized to exactly GGML's q8_0 / q8_1 values and scales, laid out
@@ -57,9 +57,10 @@ typedef struct {
 
     /* Attention: advances the states of query rows [i0, i1) x the heads of
      * KV head g over positions [p_begin, p_end) (each row stops at its causal
-     * limit). states: [(i - i0) * group + h % group][ATTN_STATE_FLOATS]. */
-    void (*attn)(const attn_args *a, int g, int i0, int i1, int p_begin, int p_end,
-                 float *states);
+     * limit). states: [(i - i0) * group + h % group][ATTN_STATE_FLOATS].
+     * attn_lanes: the number of queries (rows x heads) a call serves best. */
+    int attn_lanes;
+    void (*attn)(const attn_args *a, int g, int i0, int i1, int p_begin, int p_end, float *states);
 
     void (*rmsnorm_row)(const float *x, const float *w, int d, float eps, float *y);
     void (*softmax_row)(float *x, int n);

@@ -84,9 +84,7 @@ static float block_dot(lloco_dtype wt, const void *wb, const act_block *a) {
         }
         return FP16(b->d) * a->q8_K.d * (float)sumi;
     }
-    default:
-        LLOCO_ASSERT(!"block_dot: not a quantized weight type");
-        return 0;
+    default: LLOCO_ASSERT(!"block_dot: not a quantized weight type"); return 0;
     }
 }
 
@@ -113,7 +111,8 @@ void lloco_ref_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, i
             for (int j = 0; j < n; j++) {
                 const void *row = (const uint8_t *)w + (size_t)j * row_bytes;
                 float sum = 0.0f;
-                for (int e = 0; e < k; e++) sum += x[(size_t)i * k + e] * float_elem(row, wt, (size_t)e);
+                for (int e = 0; e < k; e++)
+                    sum += x[(size_t)i * k + e] * float_elem(row, wt, (size_t)e);
                 y[(size_t)i * n + j] = sum;
             }
         }
@@ -244,8 +243,8 @@ void lloco_ref_get_rows(lloco_backend *be, const void *table, lloco_dtype t, int
                              out + (size_t)i * d, d);
 }
 
-void lloco_ref_store_rows(lloco_backend *be, const float *x, int m, int d, void *dst,
-                          lloco_dtype t, int stride) {
+void lloco_ref_store_rows(lloco_backend *be, const float *x, int m, int d, void *dst, lloco_dtype t,
+                          int stride) {
     (void)be;
     const size_t esize = lloco_dtype_block_bytes(t);
     for (int r = 0; r < m; r++)

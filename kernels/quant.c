@@ -108,14 +108,18 @@ static int nearest_int(float f) {
     return (int)(i & 0x007FFFFF) - 0x00400000;
 }
 
+/* The 8-bit activation formats follow GGML's x86 quantize_row_q8_0/q8_1
+ * (id = 127 / amax, round half to even) rather than the *_ref versions
+ * (id = 1 / d, round half away): that is what llama.cpp computes on the
+ * machines lloco runs on, and matching it keeps greedy decoding identical. */
 static void quantize_q8_0(const float *x, block_q8_0 *y, int64_t nb) {
     for (int64_t i = 0; i < nb; i++, x += QK32) {
         float amax = 0.0f;
         for (int j = 0; j < QK32; j++) amax = fmaxf(amax, fabsf(x[j]));
         const float d = amax / 127;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         y[i].d = lloco_fp32_to_fp16(d);
-        for (int j = 0; j < QK32; j++) y[i].qs[j] = (int8_t)roundf(x[j] * id);
+        for (int j = 0; j < QK32; j++) y[i].qs[j] = (int8_t)nearest_int(x[j] * id);
     }
 }
 
@@ -124,10 +128,10 @@ static void quantize_q8_1(const float *x, block_q8_1 *y, int64_t nb) {
         float amax = 0.0f;
         for (int j = 0; j < QK32; j++) amax = fmaxf(amax, fabsf(x[j]));
         const float d = amax / 127;
-        const float id = d ? 1.0f / d : 0.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         int sum = 0;
         for (int j = 0; j < QK32; j++) {
-            y[i].qs[j] = (int8_t)roundf(x[j] * id);
+            y[i].qs[j] = (int8_t)nearest_int(x[j] * id);
             sum += y[i].qs[j];
         }
         y[i].d = lloco_fp32_to_fp16(d);
@@ -209,13 +213,12 @@ static void quantize_q8_K(const float *x, block_q8_K *y, int64_t nb) {
 int lloco_quantize_row(lloco_dtype t, const float *x, void *dst, int64_t n) {
     if (!dtype_valid(t)) return lloco_error(LLOCO_ERR_INVAL, "quantize: bad dtype %d", (int)t);
     if (n < 0 || n % dtype_info[t].block_elems)
-        return lloco_error(LLOCO_ERR_INVAL, "quantize: %lld elements is not a multiple of %s's block of %d",
+        return lloco_error(LLOCO_ERR_INVAL,
+                           "quantize: %lld elements is not a multiple of %s's block of %d",
                            (long long)n, dtype_info[t].name, dtype_info[t].block_elems);
     const int64_t nb = n / dtype_info[t].block_elems;
     switch (t) {
-    case LLOCO_DTYPE_F32:
-        memcpy(dst, x, (size_t)n * sizeof(float));
-        return 0;
+    case LLOCO_DTYPE_F32: memcpy(dst, x, (size_t)n * sizeof(float)); return 0;
     case LLOCO_DTYPE_F16:
     case LLOCO_DTYPE_BF16: {
         uint8_t *p = dst;
@@ -231,7 +234,8 @@ int lloco_quantize_row(lloco_dtype t, const float *x, void *dst, int64_t n) {
     case LLOCO_DTYPE_Q4_1: quantize_q4_1(x, dst, nb); return 0;
     case LLOCO_DTYPE_Q8_K: quantize_q8_K(x, dst, nb); return 0;
     default:
-        return lloco_error(LLOCO_ERR_UNSUPPORTED, "quantize: no quantizer for %s", dtype_info[t].name);
+        return lloco_error(LLOCO_ERR_UNSUPPORTED, "quantize: no quantizer for %s",
+                           dtype_info[t].name);
     }
 }
 
@@ -261,13 +265,12 @@ static void dequantize_q6_K(const block_q6_K *x, float *y, int64_t nb) {
 int lloco_dequantize_row(lloco_dtype t, const void *src, float *y, int64_t n) {
     if (!dtype_valid(t)) return lloco_error(LLOCO_ERR_INVAL, "dequantize: bad dtype %d", (int)t);
     if (n < 0 || n % dtype_info[t].block_elems)
-        return lloco_error(LLOCO_ERR_INVAL, "dequantize: %lld elements is not a multiple of %s's block of %d",
+        return lloco_error(LLOCO_ERR_INVAL,
+                           "dequantize: %lld elements is not a multiple of %s's block of %d",
                            (long long)n, dtype_info[t].name, dtype_info[t].block_elems);
     const int64_t nb = n / dtype_info[t].block_elems;
     switch (t) {
-    case LLOCO_DTYPE_F32:
-        memcpy(y, src, (size_t)n * sizeof(float));
-        break;
+    case LLOCO_DTYPE_F32: memcpy(y, src, (size_t)n * sizeof(float)); break;
     case LLOCO_DTYPE_F16:
     case LLOCO_DTYPE_BF16:
         for (int64_t i = 0; i < n; i++) {
@@ -278,12 +281,14 @@ int lloco_dequantize_row(lloco_dtype t, const void *src, float *y, int64_t n) {
         break;
     case LLOCO_DTYPE_Q8_0: {
         const block_q8_0 *b = src;
-        for (int64_t i = 0; i < n; i++) y[i] = FP16(b[i / QK32].d) * (float)b[i / QK32].qs[i % QK32];
+        for (int64_t i = 0; i < n; i++)
+            y[i] = FP16(b[i / QK32].d) * (float)b[i / QK32].qs[i % QK32];
         break;
     }
     case LLOCO_DTYPE_Q8_1: {
         const block_q8_1 *b = src;
-        for (int64_t i = 0; i < n; i++) y[i] = FP16(b[i / QK32].d) * (float)b[i / QK32].qs[i % QK32];
+        for (int64_t i = 0; i < n; i++)
+            y[i] = FP16(b[i / QK32].d) * (float)b[i / QK32].qs[i % QK32];
         break;
     }
     case LLOCO_DTYPE_Q4_0: {
@@ -315,8 +320,7 @@ int lloco_dequantize_row(lloco_dtype t, const void *src, float *y, int64_t n) {
         for (int64_t i = 0; i < n; i++) y[i] = b[i / QK_K].d * (float)b[i / QK_K].qs[i % QK_K];
         break;
     }
-    default:
-        return lloco_error(LLOCO_ERR_INVAL, "dequantize: bad dtype %d", (int)t);
+    default: return lloco_error(LLOCO_ERR_INVAL, "dequantize: bad dtype %d", (int)t);
     }
     return 0;
 }

@@ -63,8 +63,10 @@ static unsigned wait_for_job(lloco_threadpool *tp, unsigned seen) {
         cpu_relax();
         if (i % 128 == 0) {
             double now = lloco_time_now();
-            if (deadline == 0) deadline = now + SPIN_SECONDS;
-            else if (now > deadline) break;
+            if (deadline == 0)
+                deadline = now + SPIN_SECONDS;
+            else if (now > deadline)
+                break;
         }
     }
     /* Sleep. n_sleeping is raised before re-checking the generation, and the
@@ -169,7 +171,9 @@ void lloco_threadpool_run(lloco_threadpool *tp, lloco_task_fn fn, void *ctx) {
     /* Workers finish within microseconds of us on a quiet machine; past a
      * short spin they were descheduled, and yielding lets them run. */
     for (unsigned i = 1; atomic_load_explicit(&tp->n_done, memory_order_acquire) < nth - 1; i++) {
-        if (i < 2048 && tp->spin) cpu_relax();
-        else sched_yield();
+        if (i < 2048 && tp->spin)
+            cpu_relax();
+        else
+            sched_yield();
     }
 }

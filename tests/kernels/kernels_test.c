@@ -23,7 +23,8 @@ void kt_backends_open(kt_backends *bs) {
         for (int t = 0; t < (isa == (int)best ? 3 : 2); t++) {
             lloco_backend *be;
             int rc = lloco_backend_create_cpu_isa(threads[t], (lloco_cpu_isa)isa, &be);
-            CHECKF(rc == 0, "create cpu %s: %s", lloco_cpu_isa_name((lloco_cpu_isa)isa), lloco_last_error());
+            CHECKF(rc == 0, "create cpu %s: %s", lloco_cpu_isa_name((lloco_cpu_isa)isa),
+                   lloco_last_error());
             if (rc != 0) continue;
             char label[64];
             snprintf(label, sizeof label, "cpu(%s)", lloco_backend_describe(be));
@@ -62,7 +63,7 @@ int kt_compare(const char *what, const float *ref, const float *got, int64_t n, 
         }
     }
     const double nmse = norm > 0 ? err / norm : err;
-    CHECKF(bad == 0 && nmse <= nmse_max, "%s: %lld of %lld values differ, nmse %.3g (max %.3g)", what,
-           (long long)bad, (long long)n, nmse, nmse_max);
+    CHECKF(bad == 0 && nmse <= nmse_max, "%s: %lld of %lld values differ, nmse %.3g (max %.3g)",
+           what, (long long)bad, (long long)n, nmse, nmse_max);
     return bad == 0 && nmse <= nmse_max;
 }

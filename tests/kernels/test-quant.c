@@ -50,16 +50,28 @@ TEST_CASE(fp16_special_values) {
         float f;
         uint16_t h;
     } cases[] = {
-        {0.0f, 0x0000},         {-0.0f, 0x8000},        {1.0f, 0x3C00},
-        {-2.0f, 0xC000},        {65504.0f, 0x7BFF},     {65519.99f, 0x7BFF},
-        {65520.0f, 0x7C00},     {1e6f, 0x7C00},         {INFINITY, 0x7C00},
-        {-INFINITY, 0xFC00},    {0x1p-14f, 0x0400},     {0x1p-24f, 0x0001},
-        {0x1p-25f, 0x0000},     {0x1.8p-24f, 0x0002},   {0x1.0p-26f, 0x0000},
-        {1.0f + 0x1p-11f, 0x3C00}, {1.0f + 0x3p-11f, 0x3C02}, {0x1.ffcp-15f, 0x0400},
+        {0.0f, 0x0000},
+        {-0.0f, 0x8000},
+        {1.0f, 0x3C00},
+        {-2.0f, 0xC000},
+        {65504.0f, 0x7BFF},
+        {65519.99f, 0x7BFF},
+        {65520.0f, 0x7C00},
+        {1e6f, 0x7C00},
+        {INFINITY, 0x7C00},
+        {-INFINITY, 0xFC00},
+        {0x1p-14f, 0x0400},
+        {0x1p-24f, 0x0001},
+        {0x1p-25f, 0x0000},
+        {0x1.8p-24f, 0x0002},
+        {0x1.0p-26f, 0x0000},
+        {1.0f + 0x1p-11f, 0x3C00},
+        {1.0f + 0x3p-11f, 0x3C02},
+        {0x1.ffcp-15f, 0x0400},
     };
     for (size_t i = 0; i < LLOCO_ARRAY_LEN(cases); i++)
-        CHECKF(lloco_fp32_to_fp16(cases[i].f) == cases[i].h, "fp16(%a) = %04x, want %04x", cases[i].f,
-               lloco_fp32_to_fp16(cases[i].f), cases[i].h);
+        CHECKF(lloco_fp32_to_fp16(cases[i].f) == cases[i].h, "fp16(%a) = %04x, want %04x",
+               cases[i].f, lloco_fp32_to_fp16(cases[i].f), cases[i].h);
     CHECK(isnan(lloco_fp16_to_fp32(lloco_fp32_to_fp16(NAN))));
     CHECK((lloco_fp32_to_fp16(NAN) & 0x7C00) == 0x7C00);
     CHECK(lloco_fp16_to_fp32(0x0001) == 0x1p-24f);
@@ -111,7 +123,7 @@ TEST_CASE(bf16_special_values) {
 
 /* Quantize -> dequantize of random rows stays within each format's step. */
 TEST_CASE(quant_round_trip) {
-    const lloco_dtype types[] = {LLOCO_DTYPE_F32, LLOCO_DTYPE_F16, LLOCO_DTYPE_BF16,
+    const lloco_dtype types[] = {LLOCO_DTYPE_F32,  LLOCO_DTYPE_F16,  LLOCO_DTYPE_BF16,
                                  LLOCO_DTYPE_Q8_0, LLOCO_DTYPE_Q8_1, LLOCO_DTYPE_Q4_0,
                                  LLOCO_DTYPE_Q4_1, LLOCO_DTYPE_Q8_K};
     enum { N = 2048 };
@@ -150,7 +162,9 @@ TEST_CASE(quant_round_trip) {
                 case LLOCO_DTYPE_BF16: bound = fabsf(v) * 0x1p-8f; break;
                 /* half a step, plus 127 times the rounding of the scale */
                 case LLOCO_DTYPE_Q8_0:
-                case LLOCO_DTYPE_Q8_1: bound = amax / 127 * 0.5f + 127 * FP16_ERR(amax / 127); break;
+                case LLOCO_DTYPE_Q8_1:
+                    bound = amax / 127 * 0.5f + 127 * FP16_ERR(amax / 127);
+                    break;
                 case LLOCO_DTYPE_Q8_K: bound = amax / 127 * 0.5f * 1.0001f; break;
                 /* the far end of the range can clip by one whole step */
                 case LLOCO_DTYPE_Q4_0: bound = amax / 8 + 8 * FP16_ERR(amax / 8); break;
@@ -253,14 +267,16 @@ TEST_CASE(quant_golden_dequantize) {
         golden g;
         if (!golden_read(files[f], &g)) continue;
         const lloco_dtype dt = dtype_by_name(g.dtype);
-        CHECKF(g.kind == 0 && dt != LLOCO_DTYPE_COUNT, "%s: kind %u dtype %s", files[f], g.kind, g.dtype);
+        CHECKF(g.kind == 0 && dt != LLOCO_DTYPE_COUNT, "%s: kind %u dtype %s", files[f], g.kind,
+               g.dtype);
         CHECKF(lloco_dtype_row_bytes(dt, g.n_elems) == g.n_bytes, "%s: size", files[f]);
         float *y = kt_alloc(4 * (size_t)g.n_elems);
         CHECK_OK(lloco_dequantize_row(dt, g.bytes, y, g.n_elems));
         int bad = 0;
         for (uint32_t i = 0; i < g.n_elems; i++)
             if (ulps(y[i], g.floats[i]) > 1 && bad++ < 3)
-                fprintf(stderr, "    %s [%u]: gguf %.9g, lloco %.9g\n", files[f], i, g.floats[i], y[i]);
+                fprintf(stderr, "    %s [%u]: gguf %.9g, lloco %.9g\n", files[f], i, g.floats[i],
+                        y[i]);
         CHECKF(bad == 0, "%s: %d values differ from gguf-py by more than 1 ulp", files[f], bad);
         /* get_rows of every backend reads rows the same way */
         const int d = dt == LLOCO_DTYPE_Q4_K || dt == LLOCO_DTYPE_Q6_K ? 256 : 32;
@@ -293,14 +309,16 @@ TEST_CASE(quant_golden_quantize) {
         golden g;
         if (!golden_read(files[f], &g)) continue;
         const lloco_dtype dt = dtype_by_name(g.dtype);
-        CHECKF(g.kind == 1 && dt != LLOCO_DTYPE_COUNT, "%s: kind %u dtype %s", files[f], g.kind, g.dtype);
+        CHECKF(g.kind == 1 && dt != LLOCO_DTYPE_COUNT, "%s: kind %u dtype %s", files[f], g.kind,
+               g.dtype);
         CHECKF(lloco_dtype_row_bytes(dt, g.n_elems) == g.n_bytes, "%s: size", files[f]);
         uint8_t *q = kt_alloc(g.n_bytes);
         CHECK_OK(lloco_quantize_row(dt, g.floats, q, g.n_elems));
         int bad = 0;
         for (uint32_t i = 0; i < g.n_bytes; i++)
             if (q[i] != g.bytes[i] && bad++ < 3)
-                fprintf(stderr, "    %s byte %u: gguf %02x, lloco %02x\n", files[f], i, g.bytes[i], q[i]);
+                fprintf(stderr, "    %s byte %u: gguf %02x, lloco %02x\n", files[f], i, g.bytes[i],
+                        q[i]);
         CHECKF(bad == 0, "%s: %d bytes differ from gguf-py", files[f], bad);
         free(q);
         free(g.bytes);

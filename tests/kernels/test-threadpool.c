@@ -18,8 +18,10 @@ typedef struct {
 
 static void count_task(void *p, int ith, int nth) {
     count_job *j = p;
-    if (nth != j->expect_nth || ith < 0 || ith >= nth) atomic_fetch_add(&j->bad_nth, 1);
-    else atomic_fetch_add(&j->hits[ith], 1);
+    if (nth != j->expect_nth || ith < 0 || ith >= nth)
+        atomic_fetch_add(&j->bad_nth, 1);
+    else
+        atomic_fetch_add(&j->hits[ith], 1);
 }
 
 static void sleep_ms(int ms) {
@@ -42,7 +44,8 @@ TEST_CASE(threadpool_every_index_once) {
             /* the run must be complete when it returns */
             for (int i = 0; i < n; i++)
                 if (atomic_load(&j.hits[i]) != r + 1) {
-                    CHECKF(0, "n=%d run %d: index %d ran %d times", n, r, i, atomic_load(&j.hits[i]));
+                    CHECKF(0, "n=%d run %d: index %d ran %d times", n, r, i,
+                           atomic_load(&j.hits[i]));
                     r = runs;
                     break;
                 }
