@@ -201,9 +201,8 @@ static void run_step(lloco_decoder *d, piece *pc, int n_pieces, int rows) {
         add_bias(d->q, L->bq, rows, qd);
         add_bias(d->k, L->bk, rows, kvd);
         add_bias(d->v, L->bv, rows, kvd);
-        lloco_op_rope(be, d->q, rows, hp->n_head, hd, hp->rope_dim, d->pos, m->inv_freq, 1.0f, neox);
-        lloco_op_rope(be, d->k, rows, hp->n_head_kv, hd, hp->rope_dim, d->pos, m->inv_freq, 1.0f,
-                      neox);
+        lloco_op_rope(be, d->q, rows, hp->n_head, hd, hp->rope_dim, d->pos, &m->rope, neox);
+        lloco_op_rope(be, d->k, rows, hp->n_head_kv, hd, hp->rope_dim, d->pos, &m->rope, neox);
         for (int p = 0; p < n_pieces; p++) {
             lloco_kv *kv = pc[p].seq->kv;
             size_t off = (size_t)pc[p].p0 * lloco_kv_row_bytes(kv);

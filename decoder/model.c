@@ -74,36 +74,45 @@ static int check_hparams(lloco_hparams *hp, const char *src) {
     return 0;
 }
 
-/* Rotary frequencies with the declared scaling; freq_factors (GGUF
- * rope_freqs.weight, Llama-3) divide them one by one when present. */
-static int compute_inv_freq(lloco_model *m, const float *freq_factors) {
+/* The rotary embedding as llama.cpp hands it to GGML's ROPE: theta_scale
+ * from the base and rotated dims, freq_scale from linear scaling, and
+ * freq_factors (GGUF rope_freqs.weight, Llama-3) dividing the angles one by
+ * one. HF checkpoints with llama3 rope_scaling carry no such tensor; their
+ * factors are computed as llama.cpp's converter computes rope_freqs.weight,
+ * in float as torch does, so that both formats rotate alike. */
+static int compute_rope_params(lloco_model *m, const float *freq_factors) {
     const lloco_hparams *hp = &m->hp;
-    int half = hp->rope_dim / 2;
-    m->inv_freq = malloc(sizeof(float) * (size_t)half);
-    if (!m->inv_freq) return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
-    /* GGML builds theta by repeated multiplication; doing the same keeps
-     * the angles identical to llama.cpp's to the last bit. */
-    float scale = powf(hp->rope_theta, -2.0f / (float)hp->rope_dim);
-    float f = 1.0f;
+    lloco_rope_params *rp = &m->rope;
+    rp->theta_scale = powf(hp->rope_theta, -2.0f / (float)hp->rope_dim);
+    rp->freq_scale = hp->rope_scaling == LLOCO_ROPE_SCALING_LINEAR && hp->rope_factor > 0
+                         ? 1.0f / hp->rope_factor
+                         : 1.0f;
+    rp->mscale = 1.0f;
+    rp->freq_factors = freq_factors;
+    if (hp->rope_scaling != LLOCO_ROPE_SCALING_LLAMA3 || freq_factors) return 0;
+    const int half = hp->rope_dim / 2;
+    float *ff = malloc(sizeof(float) * (size_t)half);
+    if (!ff) return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
+    int rc = model_own(m, ff);
+    if (rc) return rc;
+    const float dim = (float)hp->head_dim;
+    const float lo = hp->rope_low_freq_factor, hi = hp->rope_high_freq_factor;
+    const float lo_wavelen = (float)((double)hp->rope_orig_ctx / lo);
+    const float hi_wavelen = (float)((double)hp->rope_orig_ctx / hi);
+    const float span = (float)((double)hi - lo);
     for (int j = 0; j < half; j++) {
-        float v = f;
-        if (hp->rope_scaling == LLOCO_ROPE_SCALING_LINEAR && hp->rope_factor > 0) {
-            v /= hp->rope_factor;
-        } else if (hp->rope_scaling == LLOCO_ROPE_SCALING_LLAMA3 && !freq_factors) {
-            float lo = hp->rope_low_freq_factor, hi = hp->rope_high_freq_factor;
-            float wavelen = 2.0f * (float)M_PI / v;
-            float lo_wl = (float)hp->rope_orig_ctx / lo, hi_wl = (float)hp->rope_orig_ctx / hi;
-            if (wavelen > lo_wl) {
-                v /= hp->rope_factor;
-            } else if (wavelen >= hi_wl) {
-                float smooth = ((float)hp->rope_orig_ctx / wavelen - lo) / (hi - lo);
-                v = (1 - smooth) * v / hp->rope_factor + smooth * v;
-            }
+        const float freq = 1.0f / powf(hp->rope_theta, (float)(2 * j) / dim);
+        const float wavelen = (float)(2 * M_PI) / freq;
+        if (wavelen < hi_wavelen) {
+            ff[j] = 1.0f;
+        } else if (wavelen > lo_wavelen) {
+            ff[j] = hp->rope_factor;
+        } else {
+            const float smooth = ((float)hp->rope_orig_ctx / wavelen - lo) / span;
+            ff[j] = 1.0f / ((1.0f - smooth) / hp->rope_factor + smooth);
         }
-        if (freq_factors) v /= freq_factors[j];
-        m->inv_freq[j] = v;
-        f *= scale;
     }
+    rp->freq_factors = ff;
     return 0;
 }
 
@@ -240,7 +249,7 @@ static int load_gguf(lloco_model *m, const char *path) {
     }
     const float *freq_factors = NULL;
     if ((rc = gguf_vector(m, "rope_freqs.weight", hp->rope_dim / 2, 1, &freq_factors))) return rc;
-    if ((rc = compute_inv_freq(m, freq_factors))) return rc;
+    if ((rc = compute_rope_params(m, freq_factors))) return rc;
 
     if ((rc = lloco_tokenizer_load_gguf(g, &m->tok))) return rc;
     const char *tmpl;
@@ -414,7 +423,7 @@ static int load_safetensors(lloco_model *m, const char *path) {
             return rc;
 #undef TN
     }
-    if ((rc = compute_inv_freq(m, NULL))) return rc;
+    if ((rc = compute_rope_params(m, NULL))) return rc;
     char tok_path[4200];
     snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", dir);
     if ((rc = lloco_tokenizer_load_json(tok_path, &m->tok))) return rc;
@@ -463,7 +472,6 @@ void lloco_model_close(lloco_model *m) {
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->layers);
-    free(m->inv_freq);
     free(m->chat_template);
     free(m);
 }

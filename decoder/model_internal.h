@@ -40,7 +40,7 @@ struct lloco_model {
     const float *out_norm; /* (d_model) */
     lloco_weight output;   /* (n_vocab, d_model); == tok_embd when tied */
     lloco_layer *layers;   /* (n_layer) */
-    float *inv_freq;       /* (rope_dim/2) rotary frequencies, scaling applied */
+    lloco_rope_params rope; /* freq_factors point into the file or into `owned` */
     void **owned;          /* converted tensors freed with the model */
     int n_owned;
 };

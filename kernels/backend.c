@@ -90,12 +90,12 @@ void lloco_op_layernorm(lloco_backend *be, const float *x, const float *w, const
 }
 
 void lloco_op_rope(lloco_backend *be, float *x, int m, int n_heads, int head_dim, int rot_dim,
-                   const int32_t *pos, const float *inv_freq, float mscale, int neox) {
+                   const int32_t *pos, const lloco_rope_params *rp, int neox) {
     LLOCO_ASSERT(m >= 0 && n_heads > 0 && head_dim > 0);
     LLOCO_ASSERT(rot_dim >= 0 && rot_dim <= head_dim && rot_dim % 2 == 0);
     if (m == 0 || rot_dim == 0) return;
-    LLOCO_ASSERT(x && pos && inv_freq);
-    be->iface->rope(be, x, m, n_heads, head_dim, rot_dim, pos, inv_freq, mscale, neox);
+    LLOCO_ASSERT(x && pos && rp);
+    be->iface->rope(be, x, m, n_heads, head_dim, rot_dim, pos, rp, neox);
 }
 
 void lloco_op_softmax(lloco_backend *be, float *x, int m, int n) {

@@ -20,7 +20,7 @@ typedef struct lloco_backend_i {
     void (*layernorm)(lloco_backend *be, const float *x, const float *w, const float *b, int m,
                       int d, float eps, float *y);
     void (*rope)(lloco_backend *be, float *x, int m, int n_heads, int head_dim, int rot_dim,
-                 const int32_t *pos, const float *inv_freq, float mscale, int neox);
+                 const int32_t *pos, const lloco_rope_params *rp, int neox);
     void (*softmax)(lloco_backend *be, float *x, int m, int n);
     void (*silu_mul)(lloco_backend *be, const float *gate, const float *up, float *out, int64_t n);
     void (*gelu)(lloco_backend *be, float *x, int64_t n, int approx);
@@ -78,7 +78,10 @@ void lloco_ref_rmsnorm(lloco_backend *be, const float *x, const float *w, int m,
 void lloco_ref_layernorm(lloco_backend *be, const float *x, const float *w, const float *b, int m,
                          int d, float eps, float *y);
 void lloco_ref_rope(lloco_backend *be, float *x, int m, int n_heads, int head_dim, int rot_dim,
-                    const int32_t *pos, const float *inv_freq, float mscale, int neox);
+                    const int32_t *pos, const lloco_rope_params *rp, int neox);
+/* lloco_ref_rope on one row (n_heads * head_dim values at position pos). */
+void lloco_ref_rope_row(float *x, int n_heads, int head_dim, int rot_dim, int32_t pos,
+                        const lloco_rope_params *rp, int neox);
 void lloco_ref_softmax(lloco_backend *be, float *x, int m, int n);
 void lloco_ref_silu_mul(lloco_backend *be, const float *gate, const float *up, float *out,
                         int64_t n);
@@ -89,6 +92,18 @@ void lloco_ref_get_rows(lloco_backend *be, const void *table, lloco_dtype t, int
 void lloco_ref_attention(lloco_backend *be, const float *q, int m, int p0, int n_head,
                          int n_kv_head, int head_dim, const void *k, const void *v,
                          lloco_dtype kv_type, int kv_stride, float scale, float *out);
+/* Attention of one query head (head_dim values) over positions [0, n_pos)
+ * of the KV head at offset head_off of each cache row, into out[head_dim];
+ * tiny_kq / tiny_pv select tinyBLAS's order for the score and output dot
+ * products (see lloco_op_attention), as these macros decide for an op of m
+ * query rows. (GGML hands the scores to tinyBLAS only after converting q to
+ * the cache type, which it skips for F32.) */
+#define LLOCO_ATTN_TINY_KQ(m, head_dim, kv_type) \
+    ((m) > 1 && (head_dim) % 16 == 0 && (kv_type) == LLOCO_DTYPE_F16)
+#define LLOCO_ATTN_TINY_PV(m, head_dim) ((m) > 1 && (head_dim) % 4 == 0)
+void lloco_ref_attention_head(const float *q, int n_pos, int head_dim, int tiny_kq, int tiny_pv,
+                              const void *k, const void *v, lloco_dtype kv_type, int kv_stride,
+                              size_t head_off, float scale, float *out);
 void lloco_ref_store_rows(lloco_backend *be, const float *x, int m, int d, void *dst, lloco_dtype t,
                           int stride);
 

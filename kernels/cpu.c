@@ -1,7 +1,7 @@
 /* cpu: the optimized CPU backend. It picks the widest SIMD kernels the
  * machine runs (cpu_avx512.c, cpu_avx2.c, or the portable C here), splits
  * each op over a persistent thread pool, and keeps scratch memory between
- * calls. Results equal cpu_ref's up to float summation order.
+ * calls. Results equal cpu_ref's bit for bit, whatever the thread count.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -19,23 +19,21 @@
 
 /* Below this many activation rows the matmul streams weight rows straight
  * from their GGUF blocks (decode); from it on, it packs panels of weight rows
- * once and reuses them for every activation tile (prefill). Packing costs
- * about as much as three or four streamed rows (measured). */
-#define MM_PACKED_MIN_M 5
+ * once and reuses them for every activation tile (prefill). Packing plus one
+ * tile of rows costs about as much as ten streamed rows (measured on AVX512;
+ * either way gives the same bits). */
+#define MM_PACKED_MIN_M 11
 /* Panels a thread packs at once: their bytes stay in L2 while every
  * activation tile streams past them. */
 #define MM_MACRO_PANELS 8
 /* Weight rows per decode chunk: keeps chunks on whole cache lines. */
 #define MM_ROW_ALIGN 16
+/* Queries of an attention block (see attn_job): enough to reuse each K/V
+ * chunk many times, few enough that their scores stay in L2. */
+#define ATTN_BLOCK_QUERIES 16
 /* Elementwise ops smaller than this run on the calling thread: a dispatch
  * costs more than the work. */
 #define PARALLEL_MIN_ELEMS 32768
-/* Query rows per attention task without SIMD kernels: the KV values of a
- * position serve this many rows times the heads sharing a KV head. */
-#define ATTN_ROWS 4
-/* Positions per split when one sequence's attention is cut into pieces so
- * that every thread gets work (decode). */
-#define ATTN_MIN_SPLIT 256
 
 typedef struct {
     lloco_threadpool *pool;
@@ -145,8 +143,7 @@ static void mm_quantize_task(void *p, int ith, int nth) {
     split_range(j->m, 1, ith, nth, &b, &e);
     for (int64_t i = b; i < e; i++) {
         if (j->int8)
-            j->kern->quantize_act(j->wt, j->x + i * j->k, j->k, j->packed,
-                                  j->act + i * j->act_bytes);
+            j->kern->quantize_act(j->wt, j->x + i * j->k, j->k, j->packed, j->act, (int)i);
         else
             lloco_quantize_row(j->at, j->x + i * j->k, j->act + i * j->act_bytes, j->k);
     }
@@ -182,7 +179,7 @@ static void mm_packed_task(void *p, int ith, int nth) {
         for (int i0 = 0; i0 < j->m; i0 += C) {
             for (int q = 0; q < np; q++) {
                 kn->mm_tile(j->wt, panels + q * j->panel_bytes, j->k, j->act + i0 * j->act_bytes,
-                            j->act_bytes, out);
+                            out);
                 const int64_t r0 = (p0 + q) * R;
                 const int rows = (int)(j->n - r0 < R ? j->n - r0 : R);
                 const int cols = j->m - i0 < C ? j->m - i0 : C;
@@ -257,7 +254,8 @@ static void cpu_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, 
     const cpu_kernels *kn = cx->kern;
     const int int8 = j.int8 = kn && is_int8_type(wt);
     j.packed = int8 && m >= MM_PACKED_MIN_M;
-    /* Activation rows padded to whole tiles with zero rows, so tiles never
+    /* Activation rows padded to whole tiles with zero rows (interleaved in
+     * the last tile, cleared before the rows are written), so tiles never
      * have a ragged edge. */
     const int m_pad = j.packed ? (m + kn->tile_c - 1) / kn->tile_c * kn->tile_c : m;
     j.at = lloco_dtype_vec_dot_type(wt);
@@ -272,7 +270,8 @@ static void cpu_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, 
     }
     j.act = mem;
     j.panels = mem + act_total;
-    memset(j.act + (size_t)m * j.act_bytes, 0, (size_t)(m_pad - m) * j.act_bytes);
+    if (m_pad > m) memset(j.act + (size_t)(m_pad - kn->tile_c) * j.act_bytes, 0,
+                          (size_t)kn->tile_c * j.act_bytes);
     if ((int64_t)m * k < PARALLEL_MIN_ELEMS / 4) /* a few rows: not worth a dispatch */
         mm_quantize_task(&j, 0, 1);
     else
@@ -285,15 +284,6 @@ static void cpu_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, 
 }
 
 /* ---- row-wise ops ------------------------------------------------------- */
-
-static void rmsnorm_row_portable(const float *x, const float *w, int d, float eps, float *y) {
-    double ss = 0.0;
-    for (int j = 0; j < d; j++) ss += (double)x[j] * x[j];
-    const float scale = 1.0f / sqrtf((float)(ss / d) + eps);
-    for (int j = 0; j < d; j++) y[j] = x[j] * scale * w[j];
-}
-
-static void softmax_row_portable(float *x, int n) { lloco_ref_softmax(NULL, x, 1, n); }
 
 typedef struct {
     const cpu_kernels *kern;
@@ -313,7 +303,7 @@ static void rmsnorm_task(void *p, int ith, int nth) {
         if (j->kern)
             j->kern->rmsnorm_row(xi, j->w, j->d, j->eps, yi);
         else
-            rmsnorm_row_portable(xi, j->w, j->d, j->eps, yi);
+            lloco_ref_rmsnorm(NULL, xi, j->w, 1, j->d, j->eps, yi);
     }
 }
 
@@ -355,7 +345,7 @@ static void softmax_task(void *p, int ith, int nth) {
         if (j->kern)
             j->kern->softmax_row(j->y + i * j->d, j->d);
         else
-            softmax_row_portable(j->y + i * j->d, j->d);
+            lloco_ref_softmax(NULL, j->y + i * j->d, 1, j->d);
     }
 }
 
@@ -369,55 +359,25 @@ typedef struct {
     float *x;
     int m, n_heads, head_dim, rot_dim;
     const int32_t *pos;
-    const float *inv_freq;
-    float mscale;
+    const lloco_rope_params *rp;
     int neox;
 } rope_job;
 
-/* Angles depend on the row and the pair only, so cos/sin are computed once
- * per row (with the same cosf/sinf calls as the reference) and reused by
- * every head. */
+/* Rows are independent: each thread runs the reference on its rows, which
+ * computes a row's cos/sin once for all its heads. */
 static void rope_task(void *p, int ith, int nth) {
     rope_job *j = p;
     int64_t b, e;
     split_range(j->m, 1, ith, nth, &b, &e);
-    const int half = j->rot_dim / 2;
-    enum { CHUNK = 128 };
-    float cs[CHUNK], sn[CHUNK];
-    for (int64_t i = b; i < e; i++) {
-        for (int j0 = 0; j0 < half; j0 += CHUNK) {
-            const int len = half - j0 < CHUNK ? half - j0 : CHUNK;
-            for (int t = 0; t < len; t++) {
-                const float theta = (float)j->pos[i] * j->inv_freq[j0 + t];
-                cs[t] = cosf(theta) * j->mscale;
-                sn[t] = sinf(theta) * j->mscale;
-            }
-            for (int h = 0; h < j->n_heads; h++) {
-                float *v = j->x + (i * j->n_heads + h) * j->head_dim;
-                if (j->neox) {
-                    float *a = v + j0, *c = v + half + j0;
-                    for (int t = 0; t < len; t++) {
-                        const float x0 = a[t], x1 = c[t];
-                        a[t] = x0 * cs[t] - x1 * sn[t];
-                        c[t] = x0 * sn[t] + x1 * cs[t];
-                    }
-                } else {
-                    float *a = v + 2 * j0;
-                    for (int t = 0; t < len; t++) {
-                        const float x0 = a[2 * t], x1 = a[2 * t + 1];
-                        a[2 * t] = x0 * cs[t] - x1 * sn[t];
-                        a[2 * t + 1] = x0 * sn[t] + x1 * cs[t];
-                    }
-                }
-            }
-        }
-    }
+    for (int64_t i = b; i < e; i++)
+        lloco_ref_rope_row(j->x + i * j->n_heads * j->head_dim, j->n_heads, j->head_dim,
+                           j->rot_dim, j->pos[i], j->rp, j->neox);
 }
 
 static void cpu_rope(lloco_backend *be, float *x, int m, int n_heads, int head_dim, int rot_dim,
-                     const int32_t *pos, const float *inv_freq, float mscale, int neox) {
+                     const int32_t *pos, const lloco_rope_params *rp, int neox) {
     cpu_ctx *cx = be->ctx;
-    rope_job j = {x, m, n_heads, head_dim, rot_dim, pos, inv_freq, mscale, neox};
+    rope_job j = {x, m, n_heads, head_dim, rot_dim, pos, rp, neox};
     run_rows(cx, rope_task, &j, (int64_t)m * n_heads * head_dim * 8); /* cos/sin are dear */
 }
 
@@ -544,134 +504,44 @@ static void cpu_store_rows(lloco_backend *be, const float *x, int m, int d, void
 
 /* ---- attention ---------------------------------------------------------- */
 
-static float kv_elem(const void *base, lloco_dtype t, size_t i) {
-    if (t == LLOCO_DTYPE_F32) return ((const float *)base)[i];
-    uint16_t h;
-    memcpy(&h, (const uint8_t *)base + 2 * i, 2);
-    return lloco_fp16_to_fp32(h);
-}
-
-/* Portable twin of cpu_kernels.attn: one position at a time. */
-static void attn_portable(const attn_args *a, int g, int i0, int i1, int p_begin, int p_end,
-                          float *states) {
-    const int group = a->n_head / a->n_kv_head, hd = a->head_dim;
-    for (int i = i0; i < i1; i++) {
-        const int limit = a->p0 + i + 1 < p_end ? a->p0 + i + 1 : p_end;
-        for (int hh = 0; hh < group; hh++) {
-            const int h = g * group + hh;
-            const float *q = a->q + ((size_t)i * a->n_head + h) * hd;
-            float *st = states + ((size_t)(i - i0) * group + hh) * ATTN_STATE_FLOATS(hd);
-            float *o = st + 2;
-            for (int p = p_begin; p < limit; p++) {
-                const size_t off = (size_t)p * a->kv_stride + (size_t)g * hd;
-                float s = 0.0f;
-                for (int e = 0; e < hd; e++) s += q[e] * kv_elem(a->k, a->kv_type, off + e);
-                s *= a->scale;
-                if (s > st[0]) { /* new max: rescale what was summed so far */
-                    const float c = expf(st[0] - s);
-                    st[1] *= c;
-                    for (int e = 0; e < hd; e++) o[e] *= c;
-                    st[0] = s;
-                }
-                const float pw = expf(s - st[0]);
-                st[1] += pw;
-                for (int e = 0; e < hd; e++) o[e] += pw * kv_elem(a->v, a->kv_type, off + e);
-            }
-        }
-    }
-}
-
+/* Attention splits into blocks of query rows x heads of one KV head: GGML's
+ * dot products and softmax run over whole rows of positions, so a query is
+ * not cut further, and the queries of a block share the K and V chunks they
+ * read. */
 typedef struct {
-    const cpu_kernels *kern;
+    const cpu_kernels *kern; /* NULL: the reference's arithmetic, portable */
     attn_args a;
-    float *out;
-    int group, rows, n_qblocks, n_splits, split_len, n_tasks; /* rows: query rows per task */
+    int rows, heads; /* per block */
+    int n_rblocks, n_hblocks;
     atomic_int next;
-    float *states; /* per task when split (merged afterwards), else per thread */
-    size_t task_floats;
+    float *scratch; /* per thread, scratch_floats each */
+    size_t scratch_floats;
 } attn_job;
-
-/* Which query block, KV head and split task t is. Heaviest (latest) query
- * blocks come first, so that the long tasks of the causal triangle do not
- * end up last on one thread. */
-static void attn_task_coords(const attn_job *j, int t, int *qb, int *g, int *s) {
-    *s = t % j->n_splits;
-    *g = (t / j->n_splits) % j->a.n_kv_head;
-    *qb = j->n_qblocks - 1 - t / (j->n_splits * j->a.n_kv_head);
-}
-
-static float *attn_state(const attn_job *j, float *task_states, int i_rel, int hh) {
-    return task_states + ((size_t)i_rel * j->group + hh) * ATTN_STATE_FLOATS(j->a.head_dim);
-}
 
 static void attn_task(void *p, int ith, int nth) {
     (void)nth;
     attn_job *j = p;
     const attn_args *a = &j->a;
-    const int hd = a->head_dim;
+    const int group = a->n_head / a->n_kv_head;
     for (;;) {
         const int t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-        if (t >= j->n_tasks) break;
-        int qb, g, s;
-        attn_task_coords(j, t, &qb, &g, &s);
-        const int i0 = qb * j->rows, i1 = i0 + j->rows < a->m ? i0 + j->rows : a->m;
-        const int p_begin = s * j->split_len;
-        int p_end = a->p0 + i1; /* the block's last row sees positions < p0 + i1 */
-        if (j->n_splits > 1 && p_begin + j->split_len < p_end) p_end = p_begin + j->split_len;
-        float *st = j->states + (size_t)(j->n_splits > 1 ? t : ith) * j->task_floats;
-        for (int q = 0; q < (i1 - i0) * j->group; q++) {
-            float *sq = st + (size_t)q * ATTN_STATE_FLOATS(hd);
-            sq[0] = -INFINITY;
-            sq[1] = 0.0f;
-            memset(sq + 2, 0, (size_t)hd * sizeof(float));
+        if (t >= j->n_rblocks * j->n_hblocks) break;
+        /* latest rows first: they see the most positions, and should not
+         * end up last on one thread */
+        const int i0 = (j->n_rblocks - 1 - t / j->n_hblocks) * j->rows;
+        const int nr = a->m - i0 < j->rows ? a->m - i0 : j->rows, h0 = t % j->n_hblocks * j->heads;
+        if (j->kern) {
+            j->kern->attn(a, i0, nr, h0, j->heads, j->scratch + (size_t)ith * j->scratch_floats);
+            continue;
         }
-        if (p_begin < p_end) {
-            if (j->kern)
-                j->kern->attn(a, g, i0, i1, p_begin, p_end, st);
-            else
-                attn_portable(a, g, i0, i1, p_begin, p_end, st);
-        }
-        if (j->n_splits > 1) continue;
-        for (int i = i0; i < i1; i++) {
-            for (int hh = 0; hh < j->group; hh++) {
-                const float *sq = attn_state(j, st, i - i0, hh);
-                float *o = j->out + ((size_t)i * a->n_head + g * j->group + hh) * hd;
-                const float inv = 1.0f / sq[1];
-                for (int e = 0; e < hd; e++) o[e] = sq[2 + e] * inv;
-            }
-        }
-    }
-}
-
-/* Combines the per-split states of every query into the output. */
-static void attn_merge(attn_job *j) {
-    const attn_args *a = &j->a;
-    const int hd = a->head_dim;
-    for (int qb = 0; qb < j->n_qblocks; qb++) {
-        const int i0 = qb * j->rows, i1 = i0 + j->rows < a->m ? i0 + j->rows : a->m;
-        for (int g = 0; g < a->n_kv_head; g++) {
-            const int t0 = ((j->n_qblocks - 1 - qb) * a->n_kv_head + g) * j->n_splits;
-            for (int i = i0; i < i1; i++) {
-                for (int hh = 0; hh < j->group; hh++) {
-                    float max = -INFINITY;
-                    for (int s = 0; s < j->n_splits; s++)
-                        max =
-                            fmaxf(max, attn_state(j, j->states + (size_t)(t0 + s) * j->task_floats,
-                                                  i - i0, hh)[0]);
-                    float *o = j->out + ((size_t)i * a->n_head + g * j->group + hh) * hd;
-                    memset(o, 0, (size_t)hd * sizeof(float));
-                    float sum = 0.0f;
-                    for (int s = 0; s < j->n_splits; s++) {
-                        const float *sq = attn_state(
-                            j, j->states + (size_t)(t0 + s) * j->task_floats, i - i0, hh);
-                        if (sq[1] == 0.0f) continue; /* split past this row's causal limit */
-                        const float c = expf(sq[0] - max);
-                        sum += sq[1] * c;
-                        for (int e = 0; e < hd; e++) o[e] += sq[2 + e] * c;
-                    }
-                    const float inv = 1.0f / sum;
-                    for (int e = 0; e < hd; e++) o[e] *= inv;
-                }
+        for (int i = i0; i < i0 + nr; i++) {
+            for (int h = h0; h < h0 + j->heads; h++) {
+                const size_t qo = ((size_t)i * a->n_head + h) * a->head_dim;
+                lloco_ref_attention_head(a->q + qo, a->p0 + i + 1, a->head_dim,
+                                         LLOCO_ATTN_TINY_KQ(a->m, a->head_dim, a->kv_type),
+                                         LLOCO_ATTN_TINY_PV(a->m, a->head_dim), a->k, a->v,
+                                         a->kv_type, a->kv_stride,
+                                         (size_t)(h / group) * a->head_dim, a->scale, a->out + qo);
             }
         }
     }
@@ -681,43 +551,32 @@ static void cpu_attention(lloco_backend *be, const float *q, int m, int p0, int 
                           int n_kv_head, int head_dim, const void *k, const void *v,
                           lloco_dtype kv_type, int kv_stride, float scale, float *out) {
     cpu_ctx *cx = be->ctx;
+    const int simd = cx->kern && head_dim % 16 == 0 && head_dim <= 256;
     const int group = n_head / n_kv_head;
-    const int simd = cx->kern && head_dim % 8 == 0 && head_dim <= 256;
-    int rows = simd ? cx->kern->attn_lanes / group : ATTN_ROWS;
-    if (rows < 1) rows = 1;
+    /* The heads of a KV head, and up to ATTN_BLOCK_QUERIES queries, share
+     * each chunk of K and V they convert. */
+    const int heads = group;
+    const int rows = heads < ATTN_BLOCK_QUERIES ? ATTN_BLOCK_QUERIES / heads : 1;
     attn_job j = {.kern = simd ? cx->kern : NULL,
-                  .a = {q, m, p0, n_head, n_kv_head, head_dim, k, v, kv_type, kv_stride, scale},
-                  .out = out,
-                  .group = group,
+                  .a = {q, m, p0, n_head, n_kv_head, head_dim, k, v, kv_type, kv_stride, scale,
+                        out},
                   .rows = rows,
-                  .n_qblocks = (m + rows - 1) / rows,
-                  .n_splits = 1};
-    const int n_kv = p0 + m;
-    const int base = n_kv_head * j.n_qblocks;
-    /* Too few tasks to feed every thread twice (decode): cut the positions. */
-    if (cx->n_threads > 1 && base < 2 * cx->n_threads && n_kv >= 2 * ATTN_MIN_SPLIT) {
-        int want = (2 * cx->n_threads + base - 1) / base;
-        int most = n_kv / ATTN_MIN_SPLIT;
-        j.n_splits = want < most ? want : most;
-    }
-    j.split_len = (n_kv + j.n_splits - 1) / j.n_splits;
-    j.n_tasks = base * j.n_splits;
-    j.task_floats = (size_t)rows * group * ATTN_STATE_FLOATS(head_dim);
-    const size_t n_states = j.n_splits > 1 ? (size_t)j.n_tasks : (size_t)cx->n_threads;
-    j.states = scratch_get(cx, n_states * j.task_floats * sizeof(float));
-    if (!j.states) {
-        lloco_ref_attention(be, q, m, p0, n_head, n_kv_head, head_dim, k, v, kv_type, kv_stride,
-                            scale, out);
-        return;
+                  .heads = heads,
+                  .n_rblocks = (m + rows - 1) / rows,
+                  .n_hblocks = n_head / heads,
+                  .scratch_floats =
+                      simd ? ATTN_SCRATCH_FLOATS(rows * heads, p0 + m, head_dim) : 0};
+    if (simd) {
+        j.scratch = scratch_get(cx, (size_t)cx->n_threads * j.scratch_floats * sizeof(float));
+        if (!j.scratch) j.kern = NULL;
     }
     atomic_init(&j.next, 0);
     /* A short context's work is smaller than a dispatch. */
-    const int64_t work = (int64_t)n_head * m * n_kv * head_dim;
-    if (work < PARALLEL_MIN_ELEMS && j.n_splits == 1)
+    const int64_t work = (int64_t)n_head * m * (p0 + m) * head_dim;
+    if (work < PARALLEL_MIN_ELEMS)
         attn_task(&j, 0, 1);
     else
         lloco_threadpool_run(cx->pool, attn_task, &j);
-    if (j.n_splits > 1) attn_merge(&j);
 }
 
 /* ---- the backend -------------------------------------------------------- */

@@ -1,24 +1,25 @@
 /* cpu_avx2: the CPU backend's kernels for AVX2 + FMA + F16C machines:
- * cpu_x86.h on 256-bit vectors with maddubs dot products, 2x2 prefill tiles
- * (16 registers), and decode streaming blocks in element order. Built with
- * -mavx2 -mfma -mf16c; cpu.c calls it only after checking the CPU.
+ * cpu_x86.h on 256-bit vectors with maddubs dot products, prefill tiles of
+ * 2 weight rows x 4 activation rows (one vector of 8 outputs, 16
+ * registers), and decode streaming blocks in element order as GGML does.
+ * Built with -mavx2 -mfma -mf16c; cpu.c calls it only after checking the CPU.
  */
 #define X86_WIDTH 256
 #define X86_VNNI 0
 #define X86_TILE_R 2
-#define X86_TILE_C 2
+#define X86_TILE_C 4
 #include "kernels/cpu_x86.h"
 
 static size_t act_row_bytes(lloco_dtype wt, int k, int packed) {
     (void)wt;
-    return packed ? packed_act_row_bytes(k) : natural_act_row_bytes(k);
+    return packed ? tile_row_bytes(k) : natural_act_row_bytes(k);
 }
 
-static void quantize_act(lloco_dtype wt, const float *x, int k, int packed, uint8_t *row) {
+static void quantize_act(lloco_dtype wt, const float *x, int k, int packed, uint8_t *act, int i) {
     if (packed)
-        quantize_packed(wt, x, k, row);
+        quantize_tile_row(wt, x, k, act, i);
     else
-        quantize_natural(wt, x, k, row);
+        quantize_natural(wt, x, k, act + (size_t)i * natural_act_row_bytes(k));
 }
 
 const cpu_kernels lloco_cpu_kernels_avx2 = {
@@ -32,7 +33,6 @@ const cpu_kernels lloco_cpu_kernels_avx2 = {
     .mm_tile = x86_mm_tile,
     .mm_float = x86_mm_float,
     .attn = x86_attn,
-    .attn_lanes = LANES,
     .rmsnorm_row = x86_rmsnorm_row,
     .softmax_row = x86_softmax_row,
     .silu_mul = x86_silu_mul,

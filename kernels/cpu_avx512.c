@@ -1,37 +1,36 @@
 /* cpu_avx512: the CPU backend's kernels for AVX512 F/BW/VL + VNNI machines:
- * cpu_x86.h with 512-bit VNNI prefill tiles of 4 weight rows x 3 activation
- * rows, plus decode kernels here that take four GGUF blocks per step, pull
- * their quants and scales together with two-source permutes, and dot them
- * in one vpdpbusd. Built with AVX512 flags; cpu.c checks the CPU first.
+ * cpu_x86.h with 512-bit VNNI prefill tiles of 4 weight rows x 8 activation
+ * rows, plus decode kernels here that run GGML's vec_dot on two weight rows
+ * per 512-bit register. Built with AVX512 flags; cpu.c checks the CPU first.
  */
 #define X86_WIDTH 512
 #define X86_VNNI 1
 #define X86_TILE_R 4
-#define X86_TILE_C 3
+#define X86_TILE_C 8
 #include "kernels/cpu_x86.h"
 
-/* ---- decode: four blocks per step --------------------------------------- */
+/* ---- decode: two weight rows per register ------------------------------- */
 
-/* Activation row layout: quads of 4 blocks, QUAD_BYTES each:
- *   q4_0/q4_1: qs [64] values 0..15 of the 4 blocks, qs [64] values 16..31,
- *              then 16 lanes each of d, s, c; lane l is block l/4 (s in its
- *              first lane only; c per lane, see c_mult). The weights' low
- *              nibbles line up with the first 64 bytes, their high nibbles
- *              with the next.
- *   q8_0:      qs [64] blocks 0-1, qs [64] blocks 2-3, then d lanes for
- *              blocks 0-1, d lanes for 2-3, c lanes for 0-1, c lanes for
- *              2-3; lane l is block l/8 of its pair.
- * Padding blocks are zero. */
-#define QUAD_BYTES 384
+/* A 512-bit register holds GGML's eight vec_dot lanes (see lloco_op_matmul)
+ * of two weight rows r0 and r1 for one block:
+ *   q4_0/q4_1: lanes 0-3 r0's groups 0-3, 4-7 r1's 0-3, 8-11 r0's 4-7,
+ *              12-15 r1's 4-7 (the low nibbles of both rows, then the high
+ *              ones);
+ *   q8_0:      lanes 0-7 r0's groups 0-7, 8-15 r1's.
+ * Activation row layout, PAIR_BLOCK bytes per block: the quants as those
+ * lanes want them (64), the lanes' offsets (64, see c_mult), then
+ * [d, s, d, s] (q4_1) or [d, 0, d, 0]: with the rows' [d, m, d, m] (or
+ * [d, 0, d, 0]) one fma gives both rows' d_w * d_x and advances their
+ * fma-chained minimum terms. */
+#define PAIR_BLOCK 144
 /* Decode streams each weight byte from memory once; the rows this far ahead
  * are fetched while the current ones compute (tuned on Sapphire Rapids). */
 #define PREFETCH_ROWS 12
 
-static size_t quad_act_row_bytes(int k) { return (size_t)((k / QK32 + 3) / 4) * QUAD_BYTES; }
+static size_t pair_act_row_bytes(int k) { return align64((size_t)(k / QK32) * PAIR_BLOCK); }
 
-static void quantize_quads(lloco_dtype wt, const float *x, int k, uint8_t *row) {
+static void quantize_pairs(lloco_dtype wt, const float *x, int k, uint8_t *row) {
     const int nb = k / QK32, cm = c_mult(wt);
-    memset(row, 0, quad_act_row_bytes(k));
     for (int b0 = 0; b0 < nb; b0 += 8) {
         qblocks8 qb;
         const int n = nb - b0 < 8 ? nb - b0 : 8;
@@ -40,197 +39,142 @@ static void quantize_quads(lloco_dtype wt, const float *x, int k, uint8_t *row) 
         _mm256_storeu_ps(d, qb.d);
         _mm256_storeu_ps(s, qb.s);
         for (int bb = 0; bb < n; bb++) {
-            const int b = b0 + bb, i = b % 4;
-            uint8_t *aq = row + (size_t)(b / 4) * QUAD_BYTES;
-            float *lanes = (float *)(aq + 128);
-            int32_t *ilanes = (int32_t *)(aq + 128);
-            int32_t sum4[8];
-            _mm256_storeu_si256((__m256i *)sum4, qb.sum4[bb]);
+            uint8_t *ab = row + (size_t)(b0 + bb) * PAIR_BLOCK;
+            const __m256i q = qb.q[bb];
+            const __m256i c = _mm256_mullo_epi32(qb.sum4[bb], _mm256_set1_epi32(cm));
+            float ds[4] = {d[bb], s[bb], d[bb], s[bb]};
             if (wt == LLOCO_DTYPE_Q8_0) {
-                _mm256_storeu_si256((__m256i *)(aq + 32 * i), qb.q[bb]);
-                const int pair = i / 2, l0 = (i % 2) * 8;
-                for (int t = 0; t < 8; t++) {
-                    lanes[16 * pair + l0 + t] = d[bb];
-                    ilanes[32 + 16 * pair + l0 + t] = cm * sum4[t];
-                }
+                _mm512_storeu_si512(ab, _mm512_inserti64x4(_mm512_castsi256_si512(q), q, 1));
+                _mm512_storeu_si512(ab + 64, _mm512_inserti64x4(_mm512_castsi256_si512(c), c, 1));
+                ds[1] = ds[3] = 0.0f;
             } else {
-                /* lane 4i+t sums values 4t..4t+3 and 16+4t..16+4t+3 */
-                _mm_storeu_si128((__m128i *)(aq + 16 * i), _mm256_castsi256_si128(qb.q[bb]));
-                _mm_storeu_si128((__m128i *)(aq + 64 + 16 * i),
-                                 _mm256_extracti128_si256(qb.q[bb], 1));
-                for (int t = 0; t < 4; t++) {
-                    lanes[4 * i + t] = d[bb];
-                    ilanes[32 + 4 * i + t] = cm * (sum4[t] + sum4[4 + t]);
-                }
-                lanes[16 + 4 * i] = s[bb];
+                const __m512i q2 = _mm512_broadcast_i64x4(q); /* halves 0, 1, 0, 1 */
+                const __m512i c2 = _mm512_broadcast_i64x4(c);
+                const __m512i order = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3);
+                _mm512_storeu_si512(ab, _mm512_permutexvar_epi64(order, q2));
+                _mm512_storeu_si512(ab + 64, _mm512_permutexvar_epi64(order, c2));
             }
+            memcpy(ab + 128, ds, sizeof ds);
         }
     }
 }
 
-/* Mask of the first n (clamped to 0..64) bytes of a 64-byte load. */
-INLINE __mmask64 first_bytes(int n) {
-    return n >= 64 ? ~(__mmask64)0 : n <= 0 ? 0 : (((__mmask64)1 << n) - 1);
-}
-
-/* Word indices picking, from a 128-byte pair of registers, for word l of
- * the lower half the 16-bit field at byte first + stride * (l / per), and
- * for word l of the upper half the one at first2 + stride2 * (l / per2). */
-static __m512i word_index(int first, int stride, int per, int first2, int stride2, int per2) {
-    uint16_t idx[32];
-    for (int l = 0; l < 16; l++) idx[l] = (uint16_t)((first + stride * (l / per)) / 2);
-    for (int l = 0; l < 16; l++) idx[16 + l] = (uint16_t)((first2 + stride2 * (l / per2)) / 2);
-    return _mm512_loadu_si512(idx);
-}
-
-/* Indices gathering the 4 blocks' 16 quant bytes each into one register:
- * dwords for q4_1 (whose quants start 4-byte aligned, at 4 + 20 i), words
- * for q4_0 (2-byte aligned, at 2 + 18 i). */
-static __m512i q4_quant_index(lloco_dtype wt) {
-    if (wt == LLOCO_DTYPE_Q4_1) /* qs at 4 + 20 i: dwords 1 + 5 i .. 4 + 5 i */
-        return _mm512_setr_epi32(1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19);
-    uint16_t idx[32]; /* q4_0: qs at 2 + 18 i: words 1 + 9 i .. 8 + 9 i */
-    for (int i = 0; i < 4; i++)
-        for (int t = 0; t < 8; t++) idx[8 * i + t] = (uint16_t)(1 + 9 * i + t);
-    return _mm512_loadu_si512(idx);
-}
-
-/* One quad of one q4 weight row against the activation quad: integer dots
- * (4 lanes per block), then scale and, for q4_1, minimum terms. */
-INLINE void quad_q4(lloco_dtype wt, const uint8_t *p, int nbytes, const uint8_t *aq, __m512i iq,
-                    __m512i idm, __m512 *acc, __m512 *macc) {
-    /* masked loads never touch bytes past the quad (or the row's last block) */
-    const __m512i z0 =
-        nbytes >= 64 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(first_bytes(nbytes), p);
-    const __m512i z1 = _mm512_maskz_loadu_epi8(first_bytes(nbytes - 64), p + 64);
-    const __m512i qq = wt == LLOCO_DTYPE_Q4_1 ? _mm512_permutex2var_epi32(z0, iq, z1)
-                                              : _mm512_permutex2var_epi16(z0, iq, z1);
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i lo = _mm512_and_si512(qq, m4),
-                  hi = _mm512_and_si512(_mm512_srli_epi16(qq, 4), m4);
-    const __m512i init =
-        wt == LLOCO_DTYPE_Q4_1 ? _mm512_setzero_si512() : _mm512_loadu_si512(aq + 256);
-    const __m512i ai = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo, _mm512_loadu_si512(aq)),
-                                           hi, _mm512_loadu_si512(aq + 64));
-    const __m512i dmw = _mm512_permutex2var_epi16(z0, idm, z1); /* d lanes, then m lanes (q4_1) */
-    const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dmw));
-    *acc =
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), _mm512_mul_ps(dw, _mm512_loadu_ps(aq + 128)), *acc);
-    if (wt == LLOCO_DTYPE_Q4_1)
-        *macc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(dmw, 1)),
-                                _mm512_loadu_ps(aq + 192), *macc);
-}
-
-INLINE void quad_q8_0(const uint8_t *p, int nbytes, const uint8_t *aq, __m512i ia, __m512i ib,
-                      __m512i id, __m512 *acc) {
-    __m512i z0, z1, z2;
-    if (nbytes == 136) {
-        z0 = _mm512_loadu_si512(p);
-        z1 = _mm512_loadu_si512(p + 64);
-        z2 = _mm512_maskz_loadu_epi8(first_bytes(8), p + 128);
-    } else {
-        z0 = _mm512_maskz_loadu_epi8(first_bytes(nbytes), p);
-        z1 = _mm512_maskz_loadu_epi8(first_bytes(nbytes - 64), p + 64);
-        z2 = _mm512_maskz_loadu_epi8(first_bytes(nbytes - 128), p + 128);
-    }
-    const __m512i bias = _mm512_set1_epi8((char)0x80); /* signed -> unsigned, see c_mult */
-    const __m512i qa = _mm512_xor_si512(_mm512_permutex2var_epi16(z0, ia, z1), bias);
-    const __m512i qb = _mm512_xor_si512(_mm512_permutex2var_epi16(z1, ib, z2), bias);
-    const __m512i aa =
-        _mm512_dpbusd_epi32(_mm512_loadu_si512(aq + 256), qa, _mm512_loadu_si512(aq));
-    const __m512i ab =
-        _mm512_dpbusd_epi32(_mm512_loadu_si512(aq + 320), qb, _mm512_loadu_si512(aq + 64));
-    const __m512i dd = _mm512_permutex2var_epi16(z0, id, z1);
-    const __m512 da = _mm512_cvtph_ps(_mm512_castsi512_si256(dd));
-    const __m512 db = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(dd, 1));
-    *acc =
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(aa), _mm512_mul_ps(da, _mm512_loadu_ps(aq + 128)), *acc);
-    *acc =
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(ab), _mm512_mul_ps(db, _mm512_loadu_ps(aq + 192)), *acc);
-}
-
-/* NR weight rows against one activation row. The activation quad is
- * re-read per row from L1; the weight bytes stream once. */
-INLINE void rows_quads(lloco_dtype wt, const uint8_t *w, size_t rb, int NR, int nb,
-                       const uint8_t *act, float *y) {
-    const int bb = (int)lloco_dtype_block_bytes(wt), qb = 4 * bb;
-    const int nfull = nb / 4, tail = (nb % 4) * bb;
-    __m512i i0, i1, i2 = _mm512_setzero_si512();
+/* One block of rows p0 and p1 (pointers to their blocks) into their
+ * accumulators; sm holds the rows' minimum terms in lanes 1 and 3. */
+INLINE void pair_block(lloco_dtype wt, const uint8_t *p0, const uint8_t *p1, const uint8_t *ab,
+                       __m512i didx, __m512 *acc, __m128 *sm) {
+    __m512i w;
+    uint32_t h0, h1;
     if (wt == LLOCO_DTYPE_Q8_0) {
-        /* quants of blocks 0-1 at bytes 2 and 36; of blocks 2-3 at 70 and
-         * 104, which the second permute reads 64 bytes further on; d at 0,
-         * 34, 68, 102 */
-        i0 = word_index(2, 2, 1, 36, 2, 1);
-        i1 = word_index(6, 2, 1, 40, 2, 1);
-        i2 = word_index(0, 34, 8, 68, 34, 8);
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(p0 + 2));
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(p1 + 2));
+        w = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1),
+                             _mm512_set1_epi8((char)0x80)); /* unsigned, see c_mult */
+        h0 = load_u16(p0), h1 = load_u16(p1);
     } else {
-        i0 = q4_quant_index(wt);
-        i1 = word_index(0, bb, 4, 2, bb, 4); /* d lanes; q4_1's m follows its d */
+        const int qo = wt == LLOCO_DTYPE_Q4_1 ? 4 : 2;
+        const __m256i v =
+            _mm256_loadu2_m128i((const __m128i *)(p1 + qo), (const __m128i *)(p0 + qo));
+        w = _mm512_and_si512(
+            _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1),
+            _mm512_set1_epi8(0x0F));
+        h0 = wt == LLOCO_DTYPE_Q4_1 ? load_u32(p0) : load_u16(p0);
+        h1 = wt == LLOCO_DTYPE_Q4_1 ? load_u32(p1) : load_u16(p1);
     }
-    __m512 acc[4], macc[4];
-    UNROLL
-    for (int r = 0; r < NR; r++) acc[r] = _mm512_setzero_ps(), macc[r] = _mm512_setzero_ps();
-    /* Whole quads with a constant byte count (so the load masks are
-     * constants), then the ragged last one. */
-    for (int q = 0; q < nfull; q++) {
-        const uint8_t *aq = act + (size_t)q * QUAD_BYTES;
-        UNROLL
-        for (int r = 0; r < NR; r++) {
-            const uint8_t *p = w + r * rb + (size_t)q * qb;
-            _mm_prefetch((const char *)p + PREFETCH_ROWS * rb, _MM_HINT_T0);
-            _mm_prefetch((const char *)p + PREFETCH_ROWS * rb + 64, _MM_HINT_T0);
-            if (qb > 128) _mm_prefetch((const char *)p + PREFETCH_ROWS * rb + 128, _MM_HINT_T0);
-            if (wt == LLOCO_DTYPE_Q8_0)
-                quad_q8_0(p, 4 * 34, aq, i0, i1, i2, &acc[r]);
-            else
-                quad_q4(wt, p, wt == LLOCO_DTYPE_Q4_1 ? 4 * 20 : 4 * 18, aq, i0, i1, &acc[r],
-                        &macc[r]);
-        }
-    }
-    if (tail) {
-        const uint8_t *aq = act + (size_t)nfull * QUAD_BYTES;
-        UNROLL
-        for (int r = 0; r < NR; r++) {
-            const uint8_t *p = w + r * rb + (size_t)nfull * qb;
-            if (wt == LLOCO_DTYPE_Q8_0)
-                quad_q8_0(p, tail, aq, i0, i1, i2, &acc[r]);
-            else
-                quad_q4(wt, p, tail, aq, i0, i1, &acc[r], &macc[r]);
-        }
-    }
-    UNROLL
-    for (int r = 0; r < NR; r++) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], macc[r]));
+    const __m128 dm = _mm_cvtph_ps(_mm_set_epi32(0, 0, (int)h1, (int)h0));
+    const __m128 odd = _mm_castsi128_ps(_mm_setr_epi32(0, -1, 0, -1));
+    *sm = _mm_fmadd_ps(dm, _mm_loadu_ps((const float *)(ab + 128)), _mm_and_ps(*sm, odd));
+    const __m512 dd = _mm512_permutexvar_ps(didx, _mm512_castps128_ps512(*sm));
+    const __m512i init =
+        wt == LLOCO_DTYPE_Q4_1 ? _mm512_setzero_si512() : _mm512_loadu_si512(ab + 64);
+    const __m512i dot = _mm512_dpbusd_epi32(init, w, _mm512_loadu_si512(ab));
+    *acc = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(dot), *acc);
 }
 
-static void mm_rows_quads(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int k,
+/* Lanes 8-15 (AVX512F has no float extract of them). */
+INLINE __m256 upper256(__m512 v) {
+    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
+
+/* hsum_float_8 of the pair's two rows, plus their minimum terms. */
+INLINE void pair_result(lloco_dtype wt, __m512 acc, __m128 sm, float *y0, float *y1) {
+    __m128 a, b;
+    if (wt == LLOCO_DTYPE_Q8_0) {
+        const __m256 lo = _mm512_castps512_ps256(acc), hi = upper256(acc);
+        a = _mm_add_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
+        b = _mm_add_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
+    } else {
+        const __m256 t = _mm256_add_ps(_mm512_castps512_ps256(acc), upper256(acc));
+        a = _mm256_castps256_ps128(t);
+        b = _mm256_extractf128_ps(t, 1);
+    }
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    float s[4];
+    _mm_storeu_ps(s, sm);
+    *y0 = _mm_cvtss_f32(_mm_add_ss(a, _mm_movehdup_ps(a))) + s[1];
+    *y1 = _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b))) + s[3];
+}
+
+/* NP pairs of weight rows (rows r and r + 1 of each; a last single row
+ * pairs with itself) against one activation row. The activation block is
+ * re-read per pair from L1; the weight bytes stream once. */
+INLINE void rows_pairs(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int nb,
+                       const uint8_t *act, float *y) {
+    enum { NP = 2 };
+    const size_t bb = lloco_dtype_block_bytes(wt);
+    const __m512i didx = wt == LLOCO_DTYPE_Q8_0
+                             ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2)
+                             : _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2);
+    const uint8_t *row[2 * NP];
+    for (int r = 0; r < 2 * NP; r++) row[r] = w + (r < nrows ? r : nrows - 1) * rb;
+    __m512 acc[NP];
+    __m128 sm[NP];
+    UNROLL
+    for (int p = 0; p < NP; p++) acc[p] = _mm512_setzero_ps(), sm[p] = _mm_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *ab = act + (size_t)b * PAIR_BLOCK;
+        /* one per block: redundant within a line, but measured faster */
+        UNROLL
+        for (int r = 0; r < 2 * NP; r++)
+            _mm_prefetch((const char *)row[r] + PREFETCH_ROWS * rb + b * bb, _MM_HINT_T0);
+        UNROLL
+        for (int p = 0; p < NP; p++)
+            pair_block(wt, row[2 * p] + b * bb, row[2 * p + 1] + b * bb, ab, didx, &acc[p], &sm[p]);
+    }
+    UNROLL
+    for (int p = 0; p < NP; p++) {
+        float y0, y1;
+        pair_result(wt, acc[p], sm[p], &y0, &y1);
+        if (2 * p < nrows) y[2 * p] = y0;
+        if (2 * p + 1 < nrows) y[2 * p + 1] = y1;
+    }
+}
+
+static void mm_rows_pairs(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int k,
                           const uint8_t *act, float *y) {
     const int nb = k / QK32;
-    int r = 0;
-    if (wt == LLOCO_DTYPE_Q4_1) {
-        for (; r + 4 <= nrows; r += 4)
-            rows_quads(LLOCO_DTYPE_Q4_1, w + r * rb, rb, 4, nb, act, y + r);
-        for (; r < nrows; r++) rows_quads(LLOCO_DTYPE_Q4_1, w + r * rb, rb, 1, nb, act, y + r);
-    } else if (wt == LLOCO_DTYPE_Q8_0) {
-        for (; r + 4 <= nrows; r += 4)
-            rows_quads(LLOCO_DTYPE_Q8_0, w + r * rb, rb, 4, nb, act, y + r);
-        for (; r < nrows; r++) rows_quads(LLOCO_DTYPE_Q8_0, w + r * rb, rb, 1, nb, act, y + r);
-    } else {
-        for (; r + 4 <= nrows; r += 4)
-            rows_quads(LLOCO_DTYPE_Q4_0, w + r * rb, rb, 4, nb, act, y + r);
-        for (; r < nrows; r++) rows_quads(LLOCO_DTYPE_Q4_0, w + r * rb, rb, 1, nb, act, y + r);
+    for (int r = 0; r < nrows; r += 4) {
+        const int n = nrows - r < 4 ? nrows - r : 4;
+        if (wt == LLOCO_DTYPE_Q4_1)
+            rows_pairs(LLOCO_DTYPE_Q4_1, w + r * rb, rb, n, nb, act, y + r);
+        else if (wt == LLOCO_DTYPE_Q8_0)
+            rows_pairs(LLOCO_DTYPE_Q8_0, w + r * rb, rb, n, nb, act, y + r);
+        else
+            rows_pairs(LLOCO_DTYPE_Q4_0, w + r * rb, rb, n, nb, act, y + r);
     }
 }
 
 static size_t act_row_bytes(lloco_dtype wt, int k, int packed) {
     (void)wt;
-    return packed ? packed_act_row_bytes(k) : quad_act_row_bytes(k);
+    return packed ? tile_row_bytes(k) : pair_act_row_bytes(k);
 }
 
-static void quantize_act(lloco_dtype wt, const float *x, int k, int packed, uint8_t *row) {
+static void quantize_act(lloco_dtype wt, const float *x, int k, int packed, uint8_t *act, int i) {
     if (packed)
-        quantize_packed(wt, x, k, row);
+        quantize_tile_row(wt, x, k, act, i);
     else
-        quantize_quads(wt, x, k, row);
+        quantize_pairs(wt, x, k, act + (size_t)i * pair_act_row_bytes(k));
 }
 
 const cpu_kernels lloco_cpu_kernels_avx512 = {
@@ -238,13 +182,12 @@ const cpu_kernels lloco_cpu_kernels_avx512 = {
     .tile_c = C_,
     .act_row_bytes = act_row_bytes,
     .quantize_act = quantize_act,
-    .mm_rows = mm_rows_quads,
+    .mm_rows = mm_rows_pairs,
     .mm_panel_bytes = x86_mm_panel_bytes,
     .mm_pack = x86_mm_pack,
     .mm_tile = x86_mm_tile,
     .mm_float = x86_mm_float,
     .attn = x86_attn,
-    .attn_lanes = LANES,
     .rmsnorm_row = x86_rmsnorm_row,
     .softmax_row = x86_softmax_row,
     .silu_mul = x86_silu_mul,

@@ -18,24 +18,38 @@ typedef struct {
     lloco_dtype kv_type;
     int kv_stride;
     float scale;
+    float *out;
 } attn_args;
 
-/* Running softmax state of one query: max score, sum of exp(score - max),
- * and the exp-weighted sum of values (head_dim floats follow). */
-#define ATTN_STATE_FLOATS(head_dim) (2 + (size_t)(head_dim))
+/* Positions of V an attention block converts and reuses at once, at most:
+ * four per lane of the output dot product. */
+#define ATTN_V_CHUNK 256
+/* Scratch floats an attention block of nq queries over at most n_pos
+ * positions needs: per query its scores (rounded up to the chunk, then 16
+ * more), the lanes of its output dot product and its q; then 16 rows of K
+ * and a chunk of V. */
+#define ATTN_SCRATCH_FLOATS(nq, n_pos, head_dim)                                    \
+    ((size_t)(nq) * (((size_t)(n_pos) + ATTN_V_CHUNK - 1) / ATTN_V_CHUNK * ATTN_V_CHUNK + \
+                     16 + 65 * (size_t)(head_dim)) +                                   \
+     (16 + ATTN_V_CHUNK) * (size_t)(head_dim))
 
 /* The kernels of one ISA; every entry is set. (The scalar ISA has no table:
  * cpu.c's portable code runs instead.) */
 typedef struct {
-    /* Integer matmul for Q4_0, Q4_1 and Q8_0 weights. Activations are
-     * quantized to exactly GGML's q8_0 / q8_1 values and scales, laid out
-     * as the ISA's kernels like them; a row of all-zero bytes is a row of
-     * zeros in every layout. `packed` selects the layout of mm_tile (weights
-     * packed into panels, prefill) over that of mm_rows (weights read from
-     * their GGUF blocks, decode). */
+    /* Integer matmul for Q4_0, Q4_1 and Q8_0 weights, with lloco_op_matmul's
+     * arithmetic for every output. Activations are quantized to exactly
+     * GGML's q8_0 / q8_1 values and scales, laid out as the ISA's kernels
+     * like them; all-zero bytes are rows of zeros in every layout. `packed`
+     * selects the layout of mm_tile (weights packed into panels, prefill;
+     * activation rows interleaved in tiles of tile_c rows) over that of
+     * mm_rows (weights read from their GGUF blocks, decode; one activation
+     * row after the other). */
     int tile_r, tile_c; /* mm_tile computes tile_r weight rows x tile_c activation rows */
-    size_t (*act_row_bytes)(lloco_dtype wt, int k, int packed); /* a multiple of 64 */
-    void (*quantize_act)(lloco_dtype wt, const float *x, int k, int packed, uint8_t *row);
+    /* Bytes per activation row: row i of a buffer starts at act + i * this
+     * (unpacked), or its tile at act + (i - i % tile_c) * this (packed). */
+    size_t (*act_row_bytes)(lloco_dtype wt, int k, int packed);
+    /* Quantizes x[k] as row i of the activation buffer act. */
+    void (*quantize_act)(lloco_dtype wt, const float *x, int k, int packed, uint8_t *act, int i);
     /* y[r] = W row r . activation row, r < nrows. */
     void (*mm_rows)(lloco_dtype wt, const uint8_t *w, size_t row_bytes, int nrows, int k,
                     const uint8_t *act, float *y);
@@ -45,22 +59,21 @@ typedef struct {
      * rows are zero. */
     void (*mm_pack)(lloco_dtype wt, const uint8_t *w, size_t row_bytes, int nrows, int k,
                     uint8_t *panel);
-    /* out[c * tile_r + r] = panel row r . activation row c, where activation
-     * row c starts at act + c * act_stride. */
-    void (*mm_tile)(lloco_dtype wt, const uint8_t *panel, int k, const uint8_t *act,
-                    size_t act_stride, float *out);
+    /* out[c * tile_r + r] = panel row r . row c of the activation tile at
+     * act. */
+    void (*mm_tile)(lloco_dtype wt, const uint8_t *panel, int k, const uint8_t *act, float *out);
 
     /* Float weights (F32/F16/BF16): y[i * ldy + r] = W row r . x row i for
      * r < nrows, i < m. */
     void (*mm_float)(lloco_dtype wt, const uint8_t *w, size_t row_bytes, int nrows, int k,
                      const float *x, int m, float *y, int ldy);
 
-    /* Attention: advances the states of query rows [i0, i1) x the heads of
-     * KV head g over positions [p_begin, p_end) (each row stops at its causal
-     * limit). states: [(i - i0) * group + h % group][ATTN_STATE_FLOATS].
-     * attn_lanes: the number of queries (rows x heads) a call serves best. */
-    int attn_lanes;
-    void (*attn)(const attn_args *a, int g, int i0, int i1, int p_begin, int p_end, float *states);
+    /* Attention of query rows [i0, i0 + nr) x heads [h0, h0 + nh), all of
+     * one KV head: their rows of out (see lloco_op_attention), for head_dim
+     * a multiple of 16 up to 256. The block's queries share each chunk of
+     * K and V it reads. scratch holds ATTN_SCRATCH_FLOATS(nr * nh,
+     * p0 + i0 + nr, head_dim) floats. */
+    void (*attn)(const attn_args *a, int i0, int nr, int h0, int nh, float *scratch);
 
     void (*rmsnorm_row)(const float *x, const float *w, int d, float eps, float *y);
     void (*softmax_row)(float *x, int n);

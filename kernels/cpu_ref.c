@@ -1,6 +1,7 @@
 /* cpu_ref: the reference backend. Every op written as plainly as possible,
- * single-threaded and allocation-free; the optimized backends are tested
- * against these, and fall back to them for what they do not speed up.
+ * single-threaded and allocation-free, in the float operation order of
+ * GGML's CPU code (see kernels.h): this is the spec the optimized backends
+ * repeat bit for bit, and fall back to for what they do not speed up.
  */
 #include <math.h>
 #include <stdio.h>
@@ -30,34 +31,52 @@ typedef union {
     block_q8_K q8_K;
 } act_block;
 
-/* Dot of one weight block with one activation block, as GGML's
- * ggml_vec_dot_<w>_<act>_generic sums it: exact integer sums scaled once. */
-static float block_dot(lloco_dtype wt, const void *wb, const act_block *a) {
+static int is_lane_type(lloco_dtype wt) {
+    return wt == LLOCO_DTYPE_Q8_0 || wt == LLOCO_DTYPE_Q4_0 || wt == LLOCO_DTYPE_Q4_1;
+}
+
+/* The running sums of one output of a Q8_0/Q4_0/Q4_1 matmul, in GGML's x86
+ * vec_dot order (see lloco_op_matmul): eight float lanes, and the Q4_1
+ * minimum term. */
+typedef struct {
+    float lane[8];
+    float summs;
+} lane_dot;
+
+/* Weight value e (0..31) of a Q8_0/Q4_0/Q4_1 block, without its offset. */
+static int lane_weight(lloco_dtype wt, const void *wb, int e) {
+    if (wt == LLOCO_DTYPE_Q8_0) return ((const block_q8_0 *)wb)->qs[e];
+    const uint8_t *qs =
+        wt == LLOCO_DTYPE_Q4_1 ? ((const block_q4_1 *)wb)->qs : ((const block_q4_0 *)wb)->qs;
+    const int q = e < 16 ? qs[e] & 0x0F : qs[e - 16] >> 4;
+    return wt == LLOCO_DTYPE_Q4_0 ? q - 8 : q;
+}
+
+static void lane_dot_block(lloco_dtype wt, const void *wb, const act_block *a, lane_dot *st) {
+    uint16_t dw16;
+    memcpy(&dw16, wb, 2); /* d leads every block */
+    const int8_t *aq = wt == LLOCO_DTYPE_Q4_1 ? a->q8_1.qs : a->q8_0.qs;
+    const float dd = FP16(dw16) * FP16(wt == LLOCO_DTYPE_Q4_1 ? a->q8_1.d : a->q8_0.d);
+    for (int j = 0; j < 8; j++) {
+        int sumi = 0;
+        for (int e = 4 * j; e < 4 * j + 4; e++) sumi += lane_weight(wt, wb, e) * aq[e];
+        st->lane[j] = fmaf(dd, (float)sumi, st->lane[j]);
+    }
+    if (wt == LLOCO_DTYPE_Q4_1)
+        st->summs = fmaf(FP16(((const block_q4_1 *)wb)->m), FP16(a->q8_1.s), st->summs);
+}
+
+/* hsum_float_8 of GGML's x86 code, then the minimum term. */
+static float lane_dot_result(const lane_dot *st) {
+    const float *l = st->lane;
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7])) + st->summs;
+}
+
+/* Dot of one K-quant weight block with one activation block, as GGML's
+ * ggml_vec_dot_<w>_q8_K_generic sums it: exact integer sums scaled once. */
+static float kquant_block_dot(lloco_dtype wt, const void *wb, const act_block *a) {
     int sumi = 0;
     switch (wt) {
-    case LLOCO_DTYPE_Q8_0: {
-        const block_q8_0 *b = wb;
-        for (int j = 0; j < QK32; j++) sumi += b->qs[j] * a->q8_0.qs[j];
-        return (float)sumi * (FP16(b->d) * FP16(a->q8_0.d));
-    }
-    case LLOCO_DTYPE_Q4_0: {
-        const block_q4_0 *b = wb;
-        for (int j = 0; j < QK32 / 2; j++) {
-            sumi += ((b->qs[j] & 0x0F) - 8) * a->q8_0.qs[j];
-            sumi += ((b->qs[j] >> 4) - 8) * a->q8_0.qs[j + 16];
-        }
-        return (float)sumi * (FP16(b->d) * FP16(a->q8_0.d));
-    }
-    case LLOCO_DTYPE_Q4_1: {
-        /* sum((d_w q + m_w) d_a q_a) = d_w d_a sum(q q_a) + m_w (d_a sum(q_a)),
-         * and the activation block carries s = d_a sum(q_a). */
-        const block_q4_1 *b = wb;
-        for (int j = 0; j < QK32 / 2; j++) {
-            sumi += (b->qs[j] & 0x0F) * a->q8_1.qs[j];
-            sumi += (b->qs[j] >> 4) * a->q8_1.qs[j + 16];
-        }
-        return (FP16(b->d) * FP16(a->q8_1.d)) * (float)sumi + FP16(b->m) * FP16(a->q8_1.s);
-    }
     case LLOCO_DTYPE_Q4_K: {
         /* x = d*sc*q - dmin*mn per 32-element sub-block; the min term only
          * needs the activation's sums, which q8_K keeps per 16 elements. */
@@ -84,7 +103,7 @@ static float block_dot(lloco_dtype wt, const void *wb, const act_block *a) {
         }
         return FP16(b->d) * a->q8_K.d * (float)sumi;
     }
-    default: LLOCO_ASSERT(!"block_dot: not a quantized weight type"); return 0;
+    default: LLOCO_ASSERT(!"kquant_block_dot: not a K-quant"); return 0;
     }
 }
 
@@ -92,14 +111,22 @@ float lloco_ref_vec_dot(lloco_dtype wt, const void *w_row, const void *act_row, 
     const int qk = lloco_dtype_block_elems(wt);
     const size_t wbb = lloco_dtype_block_bytes(wt);
     const size_t abb = lloco_dtype_block_bytes(lloco_dtype_vec_dot_type(wt));
+    lane_dot st = {{0}, 0.0f};
     float sum = 0.0f;
     for (int b = 0; b < k / qk; b++) {
         act_block a;
         memcpy(&a, (const uint8_t *)act_row + b * abb, abb);
-        sum += block_dot(wt, (const uint8_t *)w_row + b * wbb, &a);
+        if (is_lane_type(wt))
+            lane_dot_block(wt, (const uint8_t *)w_row + b * wbb, &a, &st);
+        else
+            sum += kquant_block_dot(wt, (const uint8_t *)w_row + b * wbb, &a);
     }
-    return sum;
+    return is_lane_type(wt) ? lane_dot_result(&st) : sum;
 }
+
+/* Outputs whose running sums the reference keeps at once (on the stack):
+ * each activation block is quantized once per this many outputs. */
+#define REF_MM_CHUNK 64
 
 void lloco_ref_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, int k,
                       const float *x, int m, float *y) {
@@ -119,18 +146,30 @@ void lloco_ref_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, i
         return;
     }
     /* Block by block: quantize one activation block, dot it with that block
-     * of every weight row. The per-output sums accumulate in block order, as
-     * GGML's vec_dot does. */
+     * of a chunk of weight rows. The per-output sums accumulate in block
+     * order, as GGML's vec_dot does. */
     const int qk = lloco_dtype_block_elems(wt);
     const size_t wbb = lloco_dtype_block_bytes(wt);
     for (int i = 0; i < m; i++) {
         float *yi = y + (size_t)i * n;
-        for (int j = 0; j < n; j++) yi[j] = 0.0f;
-        for (int b = 0; b < k / qk; b++) {
-            act_block a;
-            lloco_quantize_row(at, x + (size_t)i * k + (size_t)b * qk, &a, qk);
-            for (int j = 0; j < n; j++)
-                yi[j] += block_dot(wt, (const uint8_t *)w + (size_t)j * row_bytes + b * wbb, &a);
+        for (int j0 = 0; j0 < n; j0 += REF_MM_CHUNK) {
+            const int nj = n - j0 < REF_MM_CHUNK ? n - j0 : REF_MM_CHUNK;
+            lane_dot st[REF_MM_CHUNK];
+            memset(st, 0, sizeof st);
+            for (int j = 0; j < nj; j++) yi[j0 + j] = 0.0f;
+            for (int b = 0; b < k / qk; b++) {
+                act_block a;
+                lloco_quantize_row(at, x + (size_t)i * k + (size_t)b * qk, &a, qk);
+                for (int j = 0; j < nj; j++) {
+                    const uint8_t *wb = (const uint8_t *)w + (size_t)(j0 + j) * row_bytes + b * wbb;
+                    if (is_lane_type(wt))
+                        lane_dot_block(wt, wb, &a, &st[j]);
+                    else
+                        yi[j0 + j] += kquant_block_dot(wt, wb, &a);
+                }
+            }
+            if (is_lane_type(wt))
+                for (int j = 0; j < nj; j++) yi[j0 + j] = lane_dot_result(&st[j]);
         }
     }
 }
@@ -144,8 +183,9 @@ void lloco_ref_rmsnorm(lloco_backend *be, const float *x, const float *w, int m,
         const float *xi = x + (size_t)i * d;
         float *yi = y + (size_t)i * d;
         double ss = 0.0;
-        for (int j = 0; j < d; j++) ss += (double)xi[j] * xi[j];
-        const float scale = 1.0f / sqrtf((float)(ss / d) + eps);
+        for (int j = 0; j < d; j++) ss += (double)(xi[j] * xi[j]);
+        const float mean = (float)(ss / d);
+        const float scale = 1.0f / sqrtf(mean + eps);
         for (int j = 0; j < d; j++) yi[j] = xi[j] * scale * w[j];
     }
 }
@@ -168,24 +208,79 @@ void lloco_ref_layernorm(lloco_backend *be, const float *x, const float *w, cons
 
 /* ---- rotary embedding --------------------------------------------------- */
 
-void lloco_ref_rope(lloco_backend *be, float *x, int m, int n_heads, int head_dim, int rot_dim,
-                    const int32_t *pos, const float *inv_freq, float mscale, int neox) {
-    (void)be;
+/* Pairs whose cos/sin are kept at once. */
+#define ROPE_CHUNK 64
+
+void lloco_ref_rope_row(float *x, int n_heads, int head_dim, int rot_dim, int32_t pos,
+                        const lloco_rope_params *rp, int neox) {
     const int half = rot_dim / 2;
-    for (int i = 0; i < m; i++) {
+    /* GGML's normal mode runs its pairs through a loop vectorized by 8 and 4
+     * pairs, whose compiled form fuses the products; the last pairs stay
+     * scalar and unfused. Neox mode fuses every pair. */
+    const int n_fused = neox ? half : half & ~3;
+    float cs[ROPE_CHUNK], sn[ROPE_CHUNK];
+    float theta = (float)pos;
+    for (int j0 = 0; j0 < half; j0 += ROPE_CHUNK) {
+        const int len = half - j0 < ROPE_CHUNK ? half - j0 : ROPE_CHUNK;
+        for (int t = 0; t < len; t++) {
+            float angle = rp->freq_factors ? theta / rp->freq_factors[j0 + t] : theta;
+            angle = rp->freq_scale * angle;
+            cs[t] = cosf(angle) * rp->mscale;
+            sn[t] = sinf(angle) * rp->mscale;
+            theta *= rp->theta_scale;
+        }
         for (int h = 0; h < n_heads; h++) {
-            float *v = x + ((size_t)i * n_heads + h) * head_dim;
-            for (int j = 0; j < half; j++) {
-                const float theta = (float)pos[i] * inv_freq[j];
-                const float c = cosf(theta) * mscale, s = sinf(theta) * mscale;
+            float *v = x + (size_t)h * head_dim;
+            for (int t = 0; t < len; t++) {
+                const int j = j0 + t;
                 float *a = neox ? &v[j] : &v[2 * j];
                 float *b = neox ? &v[j + half] : &v[2 * j + 1];
                 const float x0 = *a, x1 = *b;
-                *a = x0 * c - x1 * s;
-                *b = x0 * s + x1 * c;
+                if (j < n_fused) {
+                    *a = fmaf(x0, cs[t], -(x1 * sn[t]));
+                    *b = fmaf(x0, sn[t], x1 * cs[t]);
+                } else {
+                    *a = x0 * cs[t] - x1 * sn[t];
+                    *b = x0 * sn[t] + x1 * cs[t];
+                }
             }
         }
     }
+}
+
+void lloco_ref_rope(lloco_backend *be, float *x, int m, int n_heads, int head_dim, int rot_dim,
+                    const int32_t *pos, const lloco_rope_params *rp, int neox) {
+    (void)be;
+    for (int i = 0; i < m; i++)
+        lloco_ref_rope_row(x + (size_t)i * n_heads * head_dim, n_heads, head_dim, rot_dim, pos[i],
+                           rp, neox);
+}
+
+/* ---- GGML's vectorized exp ------------------------------------------------ */
+
+float lloco_expf_ggml(float x) {
+    /* n = round(x / ln2) by the 1.5 * 2^23 trick, b = x - n ln2 in two
+     * parts, exp(b) by a polynomial in b and b^2: the operations of
+     * ggml_v_expf, each fused where it fuses. */
+    const float r = 0x1.8p23f;
+    const float z = fmaf(x, 0x1.715476p+0f, r);
+    const float n = z - r;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    const float u = b * b;
+    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
+                              fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                         u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+    if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
+    if (n != n) return n;
+    return ldexpf(j, (int)n); /* _mm512_scalef_ps: one rounding, as ldexpf */
+}
+
+/* The lane tree of _mm512_reduce_add_ps over 16 values. */
+static float tree16(const float *v) {
+    float t[8], u[4];
+    for (int i = 0; i < 8; i++) t[i] = v[i] + v[i + 8];
+    for (int i = 0; i < 4; i++) u[i] = t[i] + t[i + 4];
+    return (u[0] + u[2]) + (u[1] + u[3]);
 }
 
 /* ---- elementwise -------------------------------------------------------- */
@@ -197,12 +292,17 @@ void lloco_ref_softmax(lloco_backend *be, float *x, int m, int n) {
         float max = -INFINITY;
         for (int j = 0; j < n; j++) max = fmaxf(max, xi[j]);
         double sum = 0.0;
-        for (int j = 0; j < n; j++) {
+        int j = 0;
+        for (; j + 16 <= n; j += 16) {
+            for (int t = 0; t < 16; t++) xi[j + t] = lloco_expf_ggml(xi[j + t] - max);
+            sum += (double)tree16(xi + j);
+        }
+        for (; j < n; j++) {
             xi[j] = expf(xi[j] - max);
-            sum += xi[j];
+            sum += (double)xi[j];
         }
         const float inv = (float)(1.0 / sum);
-        for (int j = 0; j < n; j++) xi[j] *= inv;
+        for (j = 0; j < n; j++) xi[j] *= inv;
     }
 }
 
@@ -211,7 +311,7 @@ void lloco_ref_silu_mul(lloco_backend *be, const float *gate, const float *up, f
     (void)be;
     for (int64_t i = 0; i < n; i++) {
         const float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        out[i] = g / (1.0f + lloco_expf_ggml(0.0f - g)) * up[i];
     }
 }
 
@@ -253,41 +353,88 @@ void lloco_ref_store_rows(lloco_backend *be, const float *x, int m, int d, void 
 
 /* ---- attention ---------------------------------------------------------- */
 
+/* A matmul operand converted to the cache type, as GGML converts src1. */
+static float to_kv(float x, lloco_dtype t) {
+    return t == LLOCO_DTYPE_F16 ? lloco_fp16_to_fp32(lloco_fp32_to_fp16(x)) : x;
+}
+
+/* The final sum of dot-product lanes: lane[16] (tinyBLAS) or lane[64]
+ * (vec_dot's four accumulators, reduced pairwise first). */
+static float lanes_sum(const float *lane, int tiny) {
+    if (tiny) return tree16(lane);
+    float w[16];
+    for (int i = 0; i < 16; i++) w[i] = (lane[i] + lane[32 + i]) + (lane[16 + i] + lane[48 + i]);
+    return tree16(w);
+}
+
+/* Score of query q against the key at cache offset off, before scaling. */
+static float kq_dot(const float *q, const void *k, lloco_dtype t, size_t off, int hd, int tiny) {
+    float lane[64] = {0};
+    const int np = tiny ? hd : hd & ~63;
+    for (int e = 0; e < np; e++)
+        lane[e % (tiny ? 16 : 64)] =
+            fmaf(to_kv(q[e], t), float_elem(k, t, off + e), lane[e % (tiny ? 16 : 64)]);
+    float r = lanes_sum(lane, tiny);
+    if (t == LLOCO_DTYPE_F16) { /* vec_dot_f16's leftovers: exact products, summed in double */
+        double d = r;
+        for (int e = np; e < hd; e++) d += (double)(to_kv(q[e], t) * float_elem(k, t, off + e));
+        return (float)d;
+    }
+    for (int e = np; e < hd; e++) r += q[e] * float_elem(k, t, off + e); /* unfused in GGML */
+    return r;
+}
+
+/* Output dims whose lanes are kept at once. */
+#define ATTN_REF_DIMS 16
+
+void lloco_ref_attention_head(const float *q, int n_pos, int hd, int tiny_kq, int tiny_pv,
+                              const void *k, const void *v, lloco_dtype t, int kv_stride,
+                              size_t head_off, float scale, float *out) {
+#define SCORE(p) (kq_dot(q, k, t, (size_t)(p) * kv_stride + head_off, hd, tiny_kq) * scale)
+    float max = -INFINITY;
+    for (int p = 0; p < n_pos; p++) max = fmaxf(max, SCORE(p));
+    /* Softmax over the cache padded with masked (zero) positions: sums of
+     * 16 positions, added in double. */
+    double sum = 0.0;
+    for (int p0 = 0; p0 < n_pos; p0 += 16) {
+        float e[16];
+        for (int i = 0; i < 16; i++)
+            e[i] = p0 + i < n_pos ? lloco_expf_ggml(SCORE(p0 + i) - max) : 0.0f;
+        sum += (double)tree16(e);
+    }
+    const float inv = (float)(1.0 / sum);
+    /* Probabilities times values, in the lanes of the dot product over
+     * positions; masked positions add nothing to any lane. The scores are
+     * recomputed per block of output dims rather than stored. */
+    for (int d0 = 0; d0 < hd; d0 += ATTN_REF_DIMS) {
+        const int nd = hd - d0 < ATTN_REF_DIMS ? hd - d0 : ATTN_REF_DIMS;
+        float lane[ATTN_REF_DIMS][64];
+        memset(lane, 0, sizeof lane);
+        for (int p = 0; p < n_pos; p++) {
+            const float pr = to_kv(lloco_expf_ggml(SCORE(p) - max) * inv, t);
+            const size_t off = (size_t)p * kv_stride + head_off + d0;
+            for (int d = 0; d < nd; d++)
+                lane[d][p % (tiny_pv ? 16 : 64)] =
+                    fmaf(pr, float_elem(v, t, off + d), lane[d][p % (tiny_pv ? 16 : 64)]);
+        }
+        for (int d = 0; d < nd; d++) out[d0 + d] = lanes_sum(lane[d], tiny_pv);
+    }
+#undef SCORE
+}
+
 void lloco_ref_attention(lloco_backend *be, const float *q, int m, int p0, int n_head,
                          int n_kv_head, int head_dim, const void *k, const void *v,
                          lloco_dtype kv_type, int kv_stride, float scale, float *out) {
     (void)be;
     const int group = n_head / n_kv_head;
     const int row = n_head * head_dim;
-    for (int i = 0; i < m; i++) {
-        const int n_pos = p0 + i + 1; /* causal: positions 0..p0+i */
-        for (int h = 0; h < n_head; h++) {
-            const float *qh = q + (size_t)i * row + (size_t)h * head_dim;
-            float *o = out + (size_t)i * row + (size_t)h * head_dim;
-            const size_t head_off = (size_t)(h / group) * head_dim;
-            /* Two passes instead of a scores buffer: the first finds the
-             * max score, the second sums exp(score - max) and the weighted
-             * values. */
-            float max = -INFINITY;
-            for (int p = 0; p < n_pos; p++) {
-                const size_t off = (size_t)p * kv_stride + head_off;
-                float s = 0.0f;
-                for (int e = 0; e < head_dim; e++) s += qh[e] * float_elem(k, kv_type, off + e);
-                max = fmaxf(max, s * scale);
-            }
-            float sum = 0.0f;
-            for (int e = 0; e < head_dim; e++) o[e] = 0.0f;
-            for (int p = 0; p < n_pos; p++) {
-                const size_t off = (size_t)p * kv_stride + head_off;
-                float s = 0.0f;
-                for (int e = 0; e < head_dim; e++) s += qh[e] * float_elem(k, kv_type, off + e);
-                const float pw = expf(s * scale - max);
-                sum += pw;
-                for (int e = 0; e < head_dim; e++) o[e] += pw * float_elem(v, kv_type, off + e);
-            }
-            for (int e = 0; e < head_dim; e++) o[e] /= sum;
-        }
-    }
+    for (int i = 0; i < m; i++)
+        for (int h = 0; h < n_head; h++)
+            lloco_ref_attention_head(q + (size_t)i * row + (size_t)h * head_dim, p0 + i + 1,
+                                     head_dim, LLOCO_ATTN_TINY_KQ(m, head_dim, kv_type),
+                                     LLOCO_ATTN_TINY_PV(m, head_dim), k, v, kv_type, kv_stride,
+                                     (size_t)(h / group) * head_dim, scale,
+                                     out + (size_t)i * row + (size_t)h * head_dim);
 }
 
 /* ---- the backend -------------------------------------------------------- */

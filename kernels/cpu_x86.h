@@ -16,6 +16,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels/backend_impl.h"
 #include "kernels/blocks.h"
 #include "kernels/cpu_kernels.h"
 
@@ -25,8 +26,6 @@
 /* Loops over tile rows/columns must unroll completely, or their vector
  * accumulators live in memory instead of registers. */
 #define UNROLL _Pragma("GCC unroll 16")
-/* For loops with a run-time count of at most 8. */
-#define UNROLL_8 _Pragma("GCC unroll 8")
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -66,28 +65,6 @@ INLINE __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
     const __m256i p16 = _mm256_maddubs_epi16(u, s);
     return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
 #endif
-}
-
-/* exp on 8 floats (Cephes-style: 2^n * poly(r)), within 2 ulp of expf;
- * 0 below -87.33 (where expf reaches subnormals) and for -inf. */
-INLINE __m256 exp256(__m256 x0) {
-    const __m256 x =
-        _mm256_max_ps(_mm256_min_ps(x0, _mm256_set1_ps(88.37f)), _mm256_set1_ps(-87.33f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i e =
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)),
-                         _mm256_cmp_ps(x0, _mm256_set1_ps(-87.33f), _CMP_GE_OQ));
 }
 
 /* ---- activation quantization, common part ------------------------------- */
@@ -184,28 +161,6 @@ INLINE void quant_blocks8(const float *x, int n, qblocks8 *out) {
     out->s = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(sum, d), _MM_FROUND_TO_NEAREST_INT));
 }
 
-/* 8x8 transpose of 32-bit lanes: afterwards v[j] lane i = old v[i] lane j. */
-INLINE void transpose8(__m256i v[8]) {
-    __m256i t[8], u[8];
-    UNROLL
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
-    }
-    UNROLL
-    for (int h = 0; h < 2; h++) {
-        u[4 * h + 0] = _mm256_unpacklo_epi64(t[4 * h + 0], t[4 * h + 2]);
-        u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h + 0], t[4 * h + 2]);
-        u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
-        u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
-    }
-    UNROLL
-    for (int j = 0; j < 4; j++) {
-        v[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
-        v[4 + j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
-    }
-}
-
 /* The 32 values of weight block b of a row as bytes in element order, ready
  * for the dot product (4-bit values unpacked; q8_0 biased with VNNI), and
  * its scale and minimum. */
@@ -228,6 +183,189 @@ INLINE __m256i weight_block(lloco_dtype wt, const uint8_t *row, int b, float *d,
     return X86_VNNI ? _mm256_xor_si256(q, _mm256_set1_epi8((char)0x80)) : q;
 }
 
+/* ---- 16-lane float vectors ------------------------------------------------ */
+
+/* GGML's AVX512 code reduces and exponentiates 16 floats at a time, and its
+ * results depend on that grouping; a 16-lane vector is one zmm register
+ * here, or a pair of ymm registers (lanes 0-7, 8-15) on AVX2. */
+#if X86_WIDTH == 512
+typedef __m512 v16;
+INLINE v16 v16_zero(void) { return _mm512_setzero_ps(); }
+INLINE v16 v16_set1(float x) { return _mm512_set1_ps(x); }
+INLINE v16 v16_load(const float *p) { return _mm512_loadu_ps(p); }
+INLINE void v16_store(float *p, v16 v) { _mm512_storeu_ps(p, v); }
+INLINE v16 v16_load_f16(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+INLINE v16 v16_add(v16 a, v16 b) { return _mm512_add_ps(a, b); }
+INLINE v16 v16_mul(v16 a, v16 b) { return _mm512_mul_ps(a, b); }
+INLINE v16 v16_fma(v16 a, v16 b, v16 c) { return _mm512_fmadd_ps(a, b, c); }
+INLINE v16 v16_max(v16 a, v16 b) { return _mm512_max_ps(a, b); }
+/* f16 rounding of every lane (round to nearest even). */
+INLINE v16 v16_round_f16(v16 v) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+/* GGML's lane tree (see lloco_op_softmax): GCC's _mm512_reduce_add_ps. */
+INLINE float v16_reduce(v16 v) { return _mm512_reduce_add_ps(v); }
+INLINE float v16_reduce_max(v16 v) { return _mm512_reduce_max_ps(v); }
+
+/* ggml_v_expf, operation for operation. */
+INLINE v16 v16_exp(v16 x) {
+    const __m512 r = _mm512_set1_ps(0x1.8p23f);
+    const __m512 z = _mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), r);
+    const __m512 n = _mm512_sub_ps(z, r);
+    const __m512 b = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), x));
+    const __mmask16 d = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192), _CMP_GT_OQ);
+    const __m512 u = _mm512_mul_ps(b, b);
+    const __m512 j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b,
+                                        _mm512_set1_ps(0x1.573e2ep-5f)),
+                        u,
+                        _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b,
+                                        _mm512_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), b, _mm512_set1_ps(1.0f)));
+    const __m512 res = _mm512_scalef_ps(j, n);
+    const __m512 alt =
+        _mm512_mask_blend_ps(_mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_LE_OQ),
+                             _mm512_set1_ps(INFINITY), _mm512_setzero_ps());
+    return _mm512_mask_blend_ps(d, res, alt);
+}
+#else
+typedef struct {
+    __m256 lo, hi;
+} v16;
+INLINE v16 v16_make(__m256 lo, __m256 hi) {
+    v16 r = {lo, hi};
+    return r;
+}
+INLINE v16 v16_zero(void) { return v16_make(_mm256_setzero_ps(), _mm256_setzero_ps()); }
+INLINE v16 v16_set1(float x) { return v16_make(_mm256_set1_ps(x), _mm256_set1_ps(x)); }
+INLINE v16 v16_load(const float *p) { return v16_make(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)); }
+INLINE void v16_store(float *p, v16 v) {
+    _mm256_storeu_ps(p, v.lo);
+    _mm256_storeu_ps(p + 8, v.hi);
+}
+INLINE v16 v16_load_f16(const uint16_t *p) {
+    return v16_make(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
+                    _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8))));
+}
+INLINE v16 v16_add(v16 a, v16 b) {
+    return v16_make(_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi));
+}
+INLINE v16 v16_mul(v16 a, v16 b) {
+    return v16_make(_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi));
+}
+INLINE v16 v16_fma(v16 a, v16 b, v16 c) {
+    return v16_make(_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi));
+}
+INLINE v16 v16_max(v16 a, v16 b) {
+    return v16_make(_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi));
+}
+INLINE __m256 round_f16_8(__m256 v) {
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+INLINE v16 v16_round_f16(v16 v) { return v16_make(round_f16_8(v.lo), round_f16_8(v.hi)); }
+/* The halves first (lanes i and i + 8), then hsum's tree: the same sums as
+ * _mm512_reduce_add_ps. */
+INLINE float v16_reduce(v16 v) { return hsum(_mm256_add_ps(v.lo, v.hi)); }
+INLINE float v16_reduce_max(v16 v) {
+    const __m256 m8 = _mm256_max_ps(v.lo, v.hi);
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    return _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+}
+
+/* ggml_v_expf on 8 lanes. AVX2 has no scalef: j * 2^n is j * 2^n1 * 2^n2
+ * with n1 = floor(n / 2), where the first product is exact (it stays
+ * normal for |n| <= 192) and the second rounds once, as scalef does. */
+INLINE __m256 exp_ggml8(__m256 x) {
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+    const __m256 n = _mm256_sub_ps(z, r);
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256 abs_n = _mm256_and_ps(n, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)));
+    const __m256 d = _mm256_cmp_ps(abs_n, _mm256_set1_ps(192), _CMP_GT_OQ);
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b,
+                                        _mm256_set1_ps(0x1.573e2ep-5f)),
+                        u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b,
+                                        _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
+    const __m256i ni = _mm256_cvttps_epi32(n);
+    const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    const __m256 res = _mm256_mul_ps(_mm256_mul_ps(j, s1), s2);
+    const __m256 alt = _mm256_andnot_ps(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ),
+                                        _mm256_set1_ps(INFINITY));
+    return _mm256_blendv_ps(res, alt, d);
+}
+INLINE v16 v16_exp(v16 x) { return v16_make(exp_ggml8(x.lo), exp_ggml8(x.hi)); }
+#endif
+
+INLINE v16 v16_sub(v16 a, v16 b) {
+#if X86_WIDTH == 512
+    return _mm512_sub_ps(a, b);
+#else
+    return v16_make(_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi));
+#endif
+}
+
+INLINE v16 v16_div(v16 a, v16 b) {
+#if X86_WIDTH == 512
+    return _mm512_div_ps(a, b);
+#else
+    return v16_make(_mm256_div_ps(a.lo, b.lo), _mm256_div_ps(a.hi, b.hi));
+#endif
+}
+
+/* The lane tree of 16 vectors, lane by lane: w[i] + w[i+8], then + [i+4],
+ * then (u0 + u2) + (u1 + u3), as v16_reduce sums the lanes of one. */
+INLINE v16 v16_tree(const v16 w[16]) {
+    v16 t[8], u[4];
+    UNROLL
+    for (int i = 0; i < 8; i++) t[i] = v16_add(w[i], w[i + 8]);
+    UNROLL
+    for (int i = 0; i < 4; i++) u[i] = v16_add(t[i], t[i + 4]);
+    return v16_add(v16_add(u[0], u[2]), v16_add(u[1], u[3]));
+}
+
+/* v16_reduce of 16 vectors at once: lane t of the result is the lane tree
+ * of a[t]. With AVX512, the tree's levels run as shuffles that pair up
+ * vectors (a butterfly), a third of the work of 16 separate reductions. */
+INLINE v16 v16_reduce16(const v16 a[16]) {
+#if X86_WIDTH == 512
+    __m512 s[8], u[4], v[2];
+    UNROLL
+    for (int k = 0; k < 8; k++) /* t = lanes 0-7 + lanes 8-15, two vectors per register */
+        s[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * k], a[2 * k + 1], 0x44),
+                             _mm512_shuffle_f32x4(a[2 * k], a[2 * k + 1], 0xEE));
+    UNROLL
+    for (int k = 0; k < 4; k++) /* u = t[0:4] + t[4:8]: quarter j is vector 4k + j */
+        u[k] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * k], s[2 * k + 1], 0x88),
+                             _mm512_shuffle_f32x4(s[2 * k], s[2 * k + 1], 0xDD));
+    UNROLL
+    for (int k = 0; k < 2; k++) /* (u0 + u2), (u1 + u3) */
+        v[k] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * k], u[2 * k + 1], 0x44),
+                             _mm512_shuffle_ps(u[2 * k], u[2 * k + 1], 0xEE));
+    /* lane 4j + k now holds vector 4k + j */
+    const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x88),
+                                   _mm512_shuffle_ps(v[0], v[1], 0xDD));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(order, r);
+#else
+    _Alignas(32) float r[16];
+    UNROLL
+    for (int t = 0; t < 16; t++) r[t] = v16_reduce(a[t]);
+    return v16_load(r);
+#endif
+}
+
 /* ---- matmul, packed weight panels x activation tiles (prefill) ---------- */
 
 #if X86_WIDTH == 512
@@ -235,231 +373,110 @@ INLINE __m256i weight_block(lloco_dtype wt, const uint8_t *row, int b, float *d,
 typedef __m512i vi;
 typedef __m512 vf;
 #define vi_loadu(p) _mm512_loadu_si512((const void *)(p))
-#define vf_loadu(p) _mm512_loadu_ps((const void *)(p))
+#define vi_bcast4(p) _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(p)))
 #define vi_zero() _mm512_setzero_si512()
-#define vf_zero() _mm512_setzero_ps()
-#define vf_fmadd(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define vf_mul(a, b) _mm512_mul_ps(a, b)
-#define vi_cvt(a) _mm512_cvtepi32_ps(a)
-#define vf_hsum(a) _mm512_reduce_add_ps(a)
 #define vi_dot(acc, u, s) _mm512_dpbusd_epi32(acc, u, s)
+#define vi_cvt(a) _mm512_cvtepi32_ps(a)
+#define vf_loadu(p) _mm512_loadu_ps((const void *)(p))
+#define vf_bcast4(p) _mm512_broadcast_f32x4(_mm_loadu_ps((const float *)(p)))
+#define vf_storeu(p, v) _mm512_storeu_ps(p, v)
+#define vf_zero() _mm512_setzero_ps()
+#define vf_add(a, b) _mm512_add_ps(a, b)
+#define vf_mul(a, b) _mm512_mul_ps(a, b)
+#define vf_fmadd(a, b, c) _mm512_fmadd_ps(a, b, c)
 #else
 #define LANES 8
 typedef __m256i vi;
 typedef __m256 vf;
 #define vi_loadu(p) _mm256_loadu_si256((const __m256i *)(p))
-#define vf_loadu(p) _mm256_loadu_ps((const float *)(p))
+#define vi_bcast4(p) _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p)))
 #define vi_zero() _mm256_setzero_si256()
-#define vf_zero() _mm256_setzero_ps()
-#define vf_fmadd(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define vf_mul(a, b) _mm256_mul_ps(a, b)
-#define vi_cvt(a) _mm256_cvtepi32_ps(a)
-#define vf_hsum(a) hsum(a)
 #define vi_dot(acc, u, s) dot_u8s8(acc, u, s)
+#define vi_cvt(a) _mm256_cvtepi32_ps(a)
+#define vf_loadu(p) _mm256_loadu_ps((const float *)(p))
+#define vf_bcast4(p) _mm256_broadcast_ps((const __m128 *)(p))
+#define vf_storeu(p, v) _mm256_storeu_ps(p, v)
+#define vf_zero() _mm256_setzero_ps()
+#define vf_add(a, b) _mm256_add_ps(a, b)
+#define vf_mul(a, b) _mm256_mul_ps(a, b)
+#define vf_fmadd(a, b, c) _mm256_fmadd_ps(a, b, c)
 #endif
 #define VBYTES (LANES * 4)
+/* Activation rows per vector: lane r * 4 + c of a vector belongs to panel
+ * row r and tile activation row c of its group. */
+#define TILE_GROUP 4
+#define TILE_G (C_ / TILE_GROUP)
+_Static_assert(R_ * TILE_GROUP == LANES && C_ % TILE_GROUP == 0, "tile shape");
 
-/* Float lanes and lane masks for the attention kernel. */
-#if X86_WIDTH == 512
-typedef __mmask16 vmask;
-#define vf_set1(x) _mm512_set1_ps(x)
-#define vf_add(a, b) _mm512_add_ps(a, b)
-#define vf_sub(a, b) _mm512_sub_ps(a, b)
-#define vf_max(a, b) _mm512_max_ps(a, b)
-#define vf_storeu(p, v) _mm512_storeu_ps(p, v)
-#define vf_lt(a, b) _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ)
-#define vf_eq(a, b) _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ)
-#define vf_neq(a, b) _mm512_cmp_ps_mask(a, b, _CMP_NEQ_UQ)
-#define vmask_any(m) ((m) != 0)
-#define vf_where(m, a, v) _mm512_mask_blend_ps(m, a, v) /* v in the lanes of m, else a */
-/* exp512: exp256 on 16 lanes */
-INLINE __m512 vf_exp(__m512 x0) {
-    const __m512 x =
-        _mm512_max_ps(_mm512_min_ps(x0, _mm512_set1_ps(88.37f)), _mm512_set1_ps(-87.33f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    const __m512i e =
-        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(x0, _mm512_set1_ps(-87.33f), _CMP_GE_OQ), p,
-                               _mm512_castsi512_ps(e));
-}
-#else
-typedef __m256 vmask;
-#define vf_set1(x) _mm256_set1_ps(x)
-#define vf_add(a, b) _mm256_add_ps(a, b)
-#define vf_sub(a, b) _mm256_sub_ps(a, b)
-#define vf_max(a, b) _mm256_max_ps(a, b)
-#define vf_storeu(p, v) _mm256_storeu_ps(p, v)
-#define vf_lt(a, b) _mm256_cmp_ps(a, b, _CMP_LT_OQ)
-#define vf_eq(a, b) _mm256_cmp_ps(a, b, _CMP_EQ_OQ)
-#define vf_neq(a, b) _mm256_cmp_ps(a, b, _CMP_NEQ_UQ)
-#define vmask_any(m) (_mm256_movemask_ps(m) != 0)
-#define vf_where(m, a, v) _mm256_blendv_ps(a, v, m)
-#define vf_exp(x) exp256(x)
-#endif
-
-/* Layout. A row's blocks are cut into chunks of LANES blocks. Within a
- * chunk, one dot instruction sums 4 values per 32-bit lane, and each lane
- * belongs to one block, so after S instructions the lanes hold whole-block
- * integer dots and the block scales apply lane-wise once per chunk rather
- * than once per block. A full chunk gives each block a lane for S = 8
- * steps; a shorter last chunk (k = 576 leaves 2 blocks) spreads each block
- * over lpb lanes and needs only S = 8 / lpb steps, so no work is spent on
- * padding:
- *   lane l, step j  <->  block l / lpb, 4-byte group (l % lpb) * S + j.
- * Activation chunk: qs [S][VBYTES], then lanes of d (block scale), s
- * (q8_1 sums, first lane of each block only) and c (each lane's integer
- * offset, see c_mult). Weight panel chunk: qs [S][R_][VBYTES], then d lanes [R_], and
- * for q4_1 m lanes [R_]. */
-typedef struct {
-    int b0, nblk; /* first block, blocks in the chunk */
-    int lpb, S;   /* lanes per block, dot steps (powers of 2) */
-    int log2_S;
-} chunk;
-
-static int chunk_count(int nb) { return (nb + LANES - 1) / LANES; }
-
-static chunk chunk_at(int nb, int ci) {
-    chunk c;
-    c.b0 = ci * LANES;
-    c.nblk = nb - c.b0 < LANES ? nb - c.b0 : LANES;
-    int tp = 1;
-    while (tp < c.nblk) tp *= 2;
-    c.lpb = LANES / tp;
-    c.S = (8 + c.lpb - 1) / c.lpb;
-    c.log2_S = __builtin_ctz((unsigned)c.S);
-    return c;
-}
-
-/* Where 4-byte group g of block i of a chunk goes: lane and step. */
-INLINE int chunk_lane(chunk c, int i, int g) { return i * c.lpb + (g >> c.log2_S); }
-INLINE int chunk_step(chunk c, int g) { return g & (c.S - 1); }
-
-static size_t act_chunk_bytes(int S) { return (size_t)(S + 3) * VBYTES; }
-
-static size_t panel_chunk_bytes(lloco_dtype wt, int S) {
-    return (size_t)(S + 1 + (wt == LLOCO_DTYPE_Q4_1)) * R_ * VBYTES;
-}
+/* Every output needs GGML's eight lanes per block (see lloco_op_matmul), so
+ * a vector holds lane j of LANES outputs at once: one dot instruction gives
+ * lane j of all of them for a block, and the block's scaling is one fma per
+ * vector, exactly the scalar fma of each output's lane.
+ *
+ * Panel of R_ weight rows, per block: w [8][VBYTES], lane r*4+c holding the
+ * 4 bytes of group j of row r, ready for the dot (4-bit values unpacked,
+ * q8_0 biased with VNNI); then d [LANES] and, for q4_1, m [LANES] (of the
+ * lane's row), as floats.
+ * Activation tile of C_ rows, per block: q [8][C_][4] (group j of each
+ * row), c [8][C_] (each group's lane offset, see c_mult), d [C_], s [C_].
+ * A tile of C_ rows takes C_ times tile_row_bytes, row i of the activations
+ * being column i % C_ of tile i / C_. */
+#define TILE_BLOCK_ROW_BYTES 72 /* per block and activation row: 32 q, 32 c, d, s */
 
 static size_t align64(size_t x) { return (x + 63) & ~(size_t)63; }
 
-static size_t packed_act_row_bytes(int k) {
-    const int nb = k / QK32, n = chunk_count(nb);
-    return align64((size_t)(n - 1) * act_chunk_bytes(8) + act_chunk_bytes(chunk_at(nb, n - 1).S));
-}
+static size_t tile_row_bytes(int k) { return (size_t)(k / QK32) * TILE_BLOCK_ROW_BYTES; }
 
-static void quantize_packed(lloco_dtype wt, const float *x, int k, uint8_t *row) {
-    const int nb = k / QK32, cm = c_mult(wt);
-    memset(row, 0, packed_act_row_bytes(k));
-    for (int ci = 0; ci < chunk_count(nb); ci++) {
-        const chunk ch = chunk_at(nb, ci);
-        uint8_t *ac = row + ci * act_chunk_bytes(8);
-        float *dl = (float *)(ac + ch.S * VBYTES), *sl = dl + LANES;
-        int32_t *cl = (int32_t *)(sl + LANES);
-        for (int i0 = 0; i0 < ch.nblk; i0 += 8) {
-            qblocks8 qb;
-            const int n = ch.nblk - i0 < 8 ? ch.nblk - i0 : 8;
-            quant_blocks8(x + (size_t)(ch.b0 + i0) * QK32, n, &qb);
-            if (ch.lpb == 1) { /* block per lane: a transpose puts groups in place */
-                transpose8(qb.q);
-                UNROLL
-                for (int g = 0; g < 8; g++)
-                    _mm256_storeu_si256((__m256i *)(ac + g * VBYTES + i0 * 4), qb.q[g]);
-                _mm256_storeu_ps(dl + i0, qb.d);
-                _mm256_storeu_ps(sl + i0, qb.s);
-                _mm256_storeu_si256((__m256i *)(cl + i0),
-                                    _mm256_mullo_epi32(qb.sum, _mm256_set1_epi32(cm)));
-                continue;
+static void quantize_tile_row(lloco_dtype wt, const float *x, int k, uint8_t *act, int i) {
+    const int nb = k / QK32, cm = c_mult(wt), c = i % C_;
+    uint8_t *tile = act + (size_t)(i - c) * tile_row_bytes(k);
+    for (int b0 = 0; b0 < nb; b0 += 8) {
+        qblocks8 qb;
+        const int n = nb - b0 < 8 ? nb - b0 : 8;
+        quant_blocks8(x + (size_t)b0 * QK32, n, &qb);
+        float d[8], s[8];
+        _mm256_storeu_ps(d, qb.d);
+        _mm256_storeu_ps(s, qb.s);
+        for (int bb = 0; bb < n; bb++) {
+            uint8_t *blk = tile + (size_t)(b0 + bb) * C_ * TILE_BLOCK_ROW_BYTES;
+            int32_t g4[8], off[8];
+            _mm256_storeu_si256((__m256i *)g4, qb.q[bb]);
+            _mm256_storeu_si256((__m256i *)off,
+                                _mm256_mullo_epi32(qb.sum4[bb], _mm256_set1_epi32(cm)));
+            for (int j = 0; j < 8; j++) {
+                memcpy(blk + ((size_t)j * C_ + c) * 4, &g4[j], 4);
+                memcpy(blk + (size_t)32 * C_ + ((size_t)j * C_ + c) * 4, &off[j], 4);
             }
-            float d[8], s[8];
-            _mm256_storeu_ps(d, qb.d);
-            _mm256_storeu_ps(s, qb.s);
-            for (int b = 0; b < n; b++) {
-                const int i = i0 + b;
-                int32_t g4[8], sum4[8];
-                _mm256_storeu_si256((__m256i *)g4, qb.q[b]);
-                _mm256_storeu_si256((__m256i *)sum4, qb.sum4[b]);
-                for (int g = 0; g < 8; g++) {
-                    memcpy(ac + chunk_step(ch, g) * VBYTES + chunk_lane(ch, i, g) * 4, &g4[g], 4);
-                    cl[chunk_lane(ch, i, g)] += cm * sum4[g];
-                }
-                for (int l = i * ch.lpb; l < (i + 1) * ch.lpb; l++) dl[l] = d[b];
-                sl[i * ch.lpb] = s[b];
-            }
+            memcpy(blk + (size_t)64 * C_ + 4 * c, &d[bb], 4);
+            memcpy(blk + (size_t)68 * C_ + 4 * c, &s[bb], 4);
         }
     }
 }
 
-static size_t x86_mm_panel_bytes(lloco_dtype wt, int k) {
-    const int nb = k / QK32, n = chunk_count(nb);
-    return align64((size_t)(n - 1) * panel_chunk_bytes(wt, 8) +
-                   panel_chunk_bytes(wt, chunk_at(nb, n - 1).S));
+static size_t panel_block_bytes(lloco_dtype wt) {
+    return (size_t)(wt == LLOCO_DTYPE_Q4_1 ? 10 : 9) * VBYTES;
 }
 
-/* The fp16 scales (and q4_1 minimums) of 8 consecutive blocks of a row. */
-INLINE void block_scales8(lloco_dtype wt, const uint8_t *row, int b0, __m256 *d, __m256 *m) {
-    const size_t bb = lloco_dtype_block_bytes(wt);
-    uint16_t hd[8], hm[8];
-    UNROLL
-    for (int b = 0; b < 8; b++) {
-        hd[b] = load_u16(row + (b0 + b) * bb);
-        hm[b] = wt == LLOCO_DTYPE_Q4_1 ? load_u16(row + (b0 + b) * bb + 2) : 0;
-    }
-    *d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hd));
-    *m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hm));
+static size_t x86_mm_panel_bytes(lloco_dtype wt, int k) {
+    return align64((size_t)(k / QK32) * panel_block_bytes(wt));
 }
 
 INLINE void pack_panel(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int k,
                        uint8_t *dst) {
     const int nb = k / QK32;
+    const size_t pbb = panel_block_bytes(wt);
     memset(dst, 0, x86_mm_panel_bytes(wt, k));
-    for (int ci = 0; ci < chunk_count(nb); ci++) {
-        const chunk ch = chunk_at(nb, ci);
-        uint8_t *pc = dst + ci * panel_chunk_bytes(wt, 8);
-        float *dl = (float *)(pc + (size_t)ch.S * R_ * VBYTES), *ml = dl + R_ * LANES;
-        for (int r = 0; r < nrows; r++) {
-            const uint8_t *row = w + r * rb;
-            if (ch.lpb == 1) { /* full chunk, block per lane: transposes put groups in place */
-                for (int i0 = 0; i0 < LANES; i0 += 8) {
-                    __m256i v[8];
-                    float unused;
-                    UNROLL
-                    for (int b = 0; b < 8; b++)
-                        v[b] = weight_block(wt, row, ch.b0 + i0 + b, &unused, &unused);
-                    transpose8(v);
-                    UNROLL
-                    for (int g = 0; g < 8; g++)
-                        _mm256_storeu_si256(
-                            (__m256i *)(pc + ((size_t)g * R_ + r) * VBYTES + i0 * 4), v[g]);
-                    __m256 d, m;
-                    block_scales8(wt, row, ch.b0 + i0, &d, &m);
-                    _mm256_storeu_ps(dl + r * LANES + i0, d);
-                    if (wt == LLOCO_DTYPE_Q4_1) _mm256_storeu_ps(ml + r * LANES + i0, m);
-                }
-                continue;
-            }
-            for (int i = 0; i < ch.nblk; i++) {
-                float d, m;
-                int32_t g4[8];
-                _mm256_storeu_si256((__m256i *)g4, weight_block(wt, row, ch.b0 + i, &d, &m));
-                for (int g = 0; g < 8; g++)
-                    memcpy(pc + ((size_t)chunk_step(ch, g) * R_ + r) * VBYTES +
-                               chunk_lane(ch, i, g) * 4,
-                           &g4[g], 4);
-                for (int l = i * ch.lpb; l < (i + 1) * ch.lpb; l++) {
-                    dl[r * LANES + l] = d;
-                    if (wt == LLOCO_DTYPE_Q4_1) ml[r * LANES + l] = m;
-                }
-            }
+    for (int r = 0; r < nrows; r++) {
+        for (int b = 0; b < nb; b++) {
+            float d, m;
+            int32_t g4[8];
+            _mm256_storeu_si256((__m256i *)g4, weight_block(wt, w + r * rb, b, &d, &m));
+            uint8_t *pb = dst + b * pbb;
+            for (int j = 0; j < 8; j++)
+                _mm_storeu_si128((__m128i *)(pb + j * VBYTES + r * 16), _mm_set1_epi32(g4[j]));
+            _mm_storeu_ps((float *)(pb + 8 * VBYTES) + r * TILE_GROUP, _mm_set1_ps(d));
+            if (wt == LLOCO_DTYPE_Q4_1)
+                _mm_storeu_ps((float *)(pb + 9 * VBYTES) + r * TILE_GROUP, _mm_set1_ps(m));
         }
     }
 }
@@ -474,96 +491,72 @@ static void x86_mm_pack(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, 
         pack_panel(LLOCO_DTYPE_Q4_0, w, rb, nrows, k, dst);
 }
 
-/* One chunk of an R_ x C_ tile: S integer steps, then the lane-wise
- * scaling into the float accumulators. */
-INLINE void tile_chunk(lloco_dtype wt, const uint8_t *pc, const uint8_t *const ac[C_], int S,
-                       vf facc[R_][C_]) {
-    vi iacc[R_][C_];
-    UNROLL
-    for (int c = 0; c < C_; c++) {
-        const vi init = wt == LLOCO_DTYPE_Q4_1 ? vi_zero() : vi_loadu(ac[c] + (S + 2) * VBYTES);
-        UNROLL
-        for (int r = 0; r < R_; r++) iacc[r][c] = init;
-    }
-    UNROLL_8
-    for (int j = 0; j < S; j++) {
-        vi yv[C_];
-        UNROLL
-        for (int c = 0; c < C_; c++) yv[c] = vi_loadu(ac[c] + j * VBYTES);
-        UNROLL
-        for (int r = 0; r < R_; r++) {
-            const vi wv = vi_loadu(pc + ((size_t)j * R_ + r) * VBYTES);
-#if !X86_VNNI
-            if (wt == LLOCO_DTYPE_Q8_0) { /* signed weights: move the sign onto y */
-                const __m256i wa = _mm256_sign_epi8(wv, wv);
-                UNROLL
-                for (int c = 0; c < C_; c++)
-                    iacc[r][c] = dot_u8s8(iacc[r][c], wa, _mm256_sign_epi8(yv[c], wv));
-                continue;
-            }
-#endif
-            UNROLL
-            for (int c = 0; c < C_; c++) iacc[r][c] = vi_dot(iacc[r][c], wv, yv[c]);
-        }
-    }
-    const float *dl = (const float *)(pc + (size_t)S * R_ * VBYTES), *ml = dl + R_ * LANES;
-    vf dy[C_];
-    UNROLL
-    for (int c = 0; c < C_; c++) dy[c] = vf_loadu(ac[c] + S * VBYTES);
-    UNROLL
-    for (int r = 0; r < R_; r++) {
-        const vf dw = vf_loadu(dl + r * LANES);
-        UNROLL
-        for (int c = 0; c < C_; c++)
-            facc[r][c] = vf_fmadd(vi_cvt(iacc[r][c]), vf_mul(dw, dy[c]), facc[r][c]);
-    }
-    if (wt == LLOCO_DTYPE_Q4_1) {
-        UNROLL
-        for (int r = 0; r < R_; r++) {
-            const vf mw = vf_loadu(ml + r * LANES);
-            UNROLL
-            for (int c = 0; c < C_; c++)
-                facc[r][c] = vf_fmadd(mw, vf_loadu(ac[c] + (S + 1) * VBYTES), facc[r][c]);
-        }
-    }
-}
-
 INLINE void tile_kernel(lloco_dtype wt, const uint8_t *panel, int k, const uint8_t *act,
-                        size_t stride, float *out) {
+                        float *out) {
     const int nb = k / QK32;
-    vf facc[R_][C_];
+    const size_t pbb = panel_block_bytes(wt), abb = (size_t)C_ * TILE_BLOCK_ROW_BYTES;
+    const int offsets = c_mult(wt) != 0;
+    vf acc[8][TILE_G], summs[TILE_G];
     UNROLL
-    for (int r = 0; r < R_; r++) {
+    for (int g = 0; g < TILE_G; g++) {
+        summs[g] = vf_zero();
         UNROLL
-        for (int c = 0; c < C_; c++) facc[r][c] = vf_zero();
+        for (int j = 0; j < 8; j++) acc[j][g] = vf_zero();
     }
-    for (int ci = 0; ci < chunk_count(nb); ci++) {
-        const chunk ch = chunk_at(nb, ci);
-        const uint8_t *pc = panel + ci * panel_chunk_bytes(wt, 8);
-        const uint8_t *ac[C_];
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *pb = panel + b * pbb, *ab = act + b * abb;
+        const float *ad = (const float *)(ab + (size_t)64 * C_);
+        const vf dw = vf_loadu(pb + 8 * VBYTES);
+        vf dd[TILE_G];
         UNROLL
-        for (int c = 0; c < C_; c++) ac[c] = act + c * stride + ci * act_chunk_bytes(8);
-        if (ch.S == 8)
-            tile_chunk(wt, pc, ac, 8, facc); /* constant S: fully unrolled */
-        else
-            tile_chunk(wt, pc, ac, ch.S, facc);
+        for (int g = 0; g < TILE_G; g++) dd[g] = vf_mul(dw, vf_bcast4(ad + TILE_GROUP * g));
+        if (wt == LLOCO_DTYPE_Q4_1) {
+            const vf mw = vf_loadu(pb + 9 * VBYTES);
+            UNROLL
+            for (int g = 0; g < TILE_G; g++)
+                summs[g] = vf_fmadd(mw, vf_bcast4(ad + C_ + TILE_GROUP * g), summs[g]);
+        }
+        UNROLL
+        for (int j = 0; j < 8; j++) {
+            const vi wv = vi_loadu(pb + j * VBYTES);
+            UNROLL
+            for (int g = 0; g < TILE_G; g++) {
+                const uint8_t *aq = ab + ((size_t)j * C_ + TILE_GROUP * g) * 4;
+                const vi yv = vi_bcast4(aq);
+                const vi init = offsets ? vi_bcast4(aq + (size_t)32 * C_) : vi_zero();
+                vi dot;
+#if !X86_VNNI
+                if (wt == LLOCO_DTYPE_Q8_0) /* signed weights: move the sign onto y */
+                    dot = dot_u8s8(init, _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(yv, wv));
+                else
+#endif
+                    dot = vi_dot(init, wv, yv);
+                acc[j][g] = vf_fmadd(dd[g], vi_cvt(dot), acc[j][g]);
+            }
+        }
     }
     UNROLL
-    for (int c = 0; c < C_; c++) {
-        UNROLL
-        for (int r = 0; r < R_; r++) out[c * R_ + r] = vf_hsum(facc[r][c]);
+    for (int g = 0; g < TILE_G; g++) {
+        /* hsum_float_8 of each lane's eight accumulators, then the minimums */
+        const vf s = vf_add(vf_add(vf_add(acc[0][g], acc[4][g]), vf_add(acc[2][g], acc[6][g])),
+                            vf_add(vf_add(acc[1][g], acc[5][g]), vf_add(acc[3][g], acc[7][g])));
+        float lanes[LANES];
+        vf_storeu(lanes, vf_add(s, summs[g]));
+        for (int r = 0; r < R_; r++)
+            for (int c = 0; c < TILE_GROUP; c++)
+                out[(TILE_GROUP * g + c) * R_ + r] = lanes[r * TILE_GROUP + c];
     }
 }
 
 static void x86_mm_tile(lloco_dtype wt, const uint8_t *panel, int k, const uint8_t *act,
-                        size_t stride, float *out) {
+                        float *out) {
     /* One instantiation per weight type keeps type tests out of the loops. */
     if (wt == LLOCO_DTYPE_Q4_1)
-        tile_kernel(LLOCO_DTYPE_Q4_1, panel, k, act, stride, out);
+        tile_kernel(LLOCO_DTYPE_Q4_1, panel, k, act, out);
     else if (wt == LLOCO_DTYPE_Q8_0)
-        tile_kernel(LLOCO_DTYPE_Q8_0, panel, k, act, stride, out);
+        tile_kernel(LLOCO_DTYPE_Q8_0, panel, k, act, out);
     else
-        tile_kernel(LLOCO_DTYPE_Q4_0, panel, k, act, stride, out);
+        tile_kernel(LLOCO_DTYPE_Q4_0, panel, k, act, out);
 }
 
 #if X86_WIDTH == 256
@@ -594,8 +587,8 @@ static void quantize_natural(lloco_dtype wt, const float *x, int k, uint8_t *row
     }
 }
 
-/* NR weight rows against one activation row, one block per step: integer
- * dot into 8 lanes, scaled by d_w * d_y in float. */
+/* NR weight rows against one activation row, one block per step: GGML's
+ * vec_dot (integer dot into 8 lanes, fma by d_w * d_y), NR rows at once. */
 INLINE void rows_q4_1(const uint8_t *w, size_t rb, int NR, int nb, const uint8_t *act, float *y) {
     const float *yd = (const float *)(act + (size_t)nb * 32), *ys = yd + nb;
     __m256 acc[4];
@@ -613,7 +606,7 @@ INLINE void rows_q4_1(const uint8_t *w, size_t rb, int NR, int nb, const uint8_t
             const __m256i p = dot_u8s8(_mm256_setzero_si256(), unpack_q4(blk->qs), yv);
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
                                      _mm256_mul_ps(_mm256_broadcastss_ps(dm), dy), acc[r]);
-            macc[r] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * sy;
+            macc[r] = fmaf(_mm_cvtss_f32(_mm_movehdup_ps(dm)), sy, macc[r]); /* fused, as GGML */
         }
     }
     UNROLL
@@ -752,296 +745,237 @@ static void x86_mm_float(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows,
         float_rows(LLOCO_DTYPE_BF16, w, rb, nrows, k, x, m, y, ldy);
 }
 
+
 /* ---- attention ---------------------------------------------------------- */
 
-/* hd (a multiple of 8) halves to floats, 16 at a time where possible. */
-INLINE void f16_row_to_f32(const uint16_t *src, float *dst, int hd) {
-    int d = 0;
-#if X86_WIDTH == 512
-    for (; d + 16 <= hd; d += 16)
-        _mm512_storeu_ps(dst + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + d))));
-#endif
-    for (; d < hd; d += 8)
-        _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + d))));
+/* n rows p0.. of K or V (head at head_off) as f32 rows of hd floats in
+ * buf; rows past n_pos repeat the last (their weights are zero). */
+INLINE void kv_chunk(const void *base, lloco_dtype t, int stride, size_t head_off, int p0,
+                     int n, int n_pos, const int hd, float *buf) {
+    for (int u = 0; u < n; u++) {
+        const size_t off = (size_t)(p0 + u < n_pos ? p0 + u : n_pos - 1) * stride + head_off;
+        UNROLL
+        for (int s = 0; s < hd / 16; s++)
+            v16_store(buf + (size_t)u * hd + 16 * s,
+                      t == LLOCO_DTYPE_F16 ? v16_load_f16((const uint16_t *)base + off + 16 * s)
+                                           : v16_load((const float *)base + off + 16 * s));
+    }
 }
 
-/* Copies the K and V rows of positions [p, p + n) of KV head g into
- * buffers of CH rows with stride hd, as f32; rows past n repeat row n - 1
- * (callers mask their scores). With a constant hd, every value is then at a
- * constant offset from one pointer. */
-INLINE void load_kv_chunk(const attn_args *a, int g, int p, int n, int CH, const int hd,
-                          float *kbuf, float *vbuf) {
-    for (int t = 0; t < CH; t++) {
-        const size_t off = (size_t)(p + (t < n ? t : n - 1)) * a->kv_stride + (size_t)g * hd;
-        if (a->kv_type == LLOCO_DTYPE_F32) {
-            memcpy(kbuf + t * hd, (const float *)a->k + off, (size_t)hd * sizeof(float));
-            memcpy(vbuf + t * hd, (const float *)a->v + off, (size_t)hd * sizeof(float));
-        } else {
-            f16_row_to_f32((const uint16_t *)a->k + off, kbuf + t * hd, hd);
-            f16_row_to_f32((const uint16_t *)a->v + off, vbuf + t * hd, hd);
+/* An attention block (see cpu_kernels.attn): lloco_ref_attention_head's
+ * arithmetic per query, with the 16 lanes of GGML's dot products and
+ * softmax in vectors. Per query, scratch holds its scores, then
+ * probabilities (past its positions -inf, so they exponentiate to 0, then
+ * zero probabilities to the end of the row), the lanes of its output dot
+ * product ([64][hd]) and its q; then the K and V chunks. */
+INLINE void attn_block(const attn_args *a, int i0, int nr, int h0, int nh, float *scratch,
+                       const int hd, const lloco_dtype t) {
+    const int nv = hd / 16, group = a->n_head / a->n_kv_head, nq = nr * nh;
+    const int n_max = a->p0 + i0 + nr; /* positions the block's last row sees */
+    const size_t sc_len = (size_t)(n_max + ATTN_V_CHUNK - 1) / ATTN_V_CHUNK * ATTN_V_CHUNK + 16;
+    const size_t q_floats = sc_len + 65 * (size_t)hd;
+    const int tiny_kq = LLOCO_ATTN_TINY_KQ(a->m, hd, t), tiny_pv = LLOCO_ATTN_TINY_PV(a->m, hd);
+    const int L = tiny_pv ? 16 : 64;
+    const size_t head_off = (size_t)(h0 / group) * hd;
+    float *kbuf = scratch + (size_t)nq * q_floats, *vbuf = kbuf + 16 * (size_t)hd;
+#define SC(qi) (scratch + (size_t)(qi) * q_floats)
+#define LANE_BUF(qi) (SC(qi) + sc_len)
+#define QV(qi) (SC(qi) + sc_len + 64 * (size_t)hd)
+#define NPOS(qi) (a->p0 + i0 + (qi) / nh + 1)
+    for (int qi = 0; qi < nq; qi++) {
+        const float *qf = a->q + ((size_t)(i0 + qi / nh) * a->n_head + h0 + qi % nh) * hd;
+        for (int s = 0; s < nv; s++) {
+            v16 v = v16_load(qf + 16 * s);
+            if (t == LLOCO_DTYPE_F16) v = v16_round_f16(v);
+            v16_store(QV(qi) + 16 * s, v);
         }
     }
-}
-
-/* Scores of one query against 8 key rows (stride hd): 8 dot products
- * reduced together so the horizontal sums share their shuffles. */
-INLINE __m256 scores8(const float *q, const float *k, const int hd) {
-    __m256 acc[8];
-    UNROLL
-    for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
-    for (int d = 0; d < hd; d += 8) {
-        const __m256 qd = _mm256_loadu_ps(q + d);
-        UNROLL
-        for (int u = 0; u < 8; u++)
-            acc[u] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + u * hd + d), acc[u]);
-    }
-    const __m256 s01 = _mm256_hadd_ps(acc[0], acc[1]), s23 = _mm256_hadd_ps(acc[2], acc[3]);
-    const __m256 s45 = _mm256_hadd_ps(acc[4], acc[5]), s67 = _mm256_hadd_ps(acc[6], acc[7]);
-    const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
-    return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20),
-                         _mm256_permute2f128_ps(s0123, s4567, 0x31));
-}
-
-/* For few queries (decode): one query at a time against chunks of CH
- * positions, flash-style; the chunk's K/V rows are converted once and
- * shared by the task's queries. */
-INLINE void per_query(const attn_args *a, int g, int i0, int i1, int p_begin, int p_end,
-                      float *states, const int hd) {
-    enum { CH = 16 };
-    const int group = a->n_head / a->n_kv_head;
-    _Alignas(64) float kbuf[CH * 256], vbuf[CH * 256];
-    for (int p = p_begin; p < p_end; p += CH) {
-        const int n = p_end - p < CH ? p_end - p : CH;
-        load_kv_chunk(a, g, p, n, CH, hd, kbuf, vbuf);
-        for (int i = i0; i < i1; i++) {
-            const int nvalid = a->p0 + i + 1 - p < n ? a->p0 + i + 1 - p : n;
-            if (nvalid <= 0) continue;
-            for (int hh = 0; hh < group; hh++) {
-                const float *q = a->q + ((size_t)i * a->n_head + g * group + hh) * hd;
-                float *st = states + ((size_t)(i - i0) * group + hh) * ATTN_STATE_FLOATS(hd);
-                float *o = st + 2;
-                _Alignas(32) float sc[CH];
-                UNROLL
-                for (int t = 0; t < CH; t += 8)
-                    _mm256_store_ps(sc + t, _mm256_mul_ps(scores8(q, kbuf + t * hd, hd),
-                                                          _mm256_set1_ps(a->scale)));
-                float cmax = sc[0];
-                for (int t = 1; t < nvalid; t++) cmax = cmax > sc[t] ? cmax : sc[t];
-                if (cmax > st[0]) { /* new max: rescale what was summed so far */
-                    const float corr = expf(st[0] - cmax);
-                    st[1] *= corr;
-                    for (int d = 0; d < hd; d += 8)
-                        _mm256_storeu_ps(
-                            o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), _mm256_set1_ps(corr)));
-                    st[0] = cmax;
-                }
-                __m256 lsum = _mm256_setzero_ps();
-                UNROLL
-                for (int t = 0; t < CH; t += 8) {
-                    const __m256 valid =
-                        _mm256_cmp_ps(_mm256_add_ps(_mm256_set1_ps((float)t),
-                                                    _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7)),
-                                      _mm256_set1_ps((float)nvalid), _CMP_LT_OQ);
-                    const __m256 e = _mm256_and_ps(
-                        exp256(_mm256_sub_ps(_mm256_load_ps(sc + t), _mm256_set1_ps(st[0]))),
-                        valid);
-                    _mm256_store_ps(sc + t, e);
-                    lsum = _mm256_add_ps(lsum, e);
-                }
-                st[1] += hsum(lsum);
-                for (int d = 0; d < hd; d += 8) { /* invalid positions weigh 0 */
-                    __m256 od = _mm256_loadu_ps(o + d);
+    /* cleared so that the unrolled loops of the generic head size see
+     * initialized registers past nv */
+    v16 q[16], acc[4][16];
+    memset(q, 0, sizeof q);
+    memset(acc, 0, sizeof acc);
+    /* Scores, 16 positions at a time, so that their lane trees reduce
+     * together. */
+    const int nv64 = tiny_kq ? nv : (hd & ~63) / 16; /* vectors in the lanes, the rest left over */
+    const v16 scale = v16_set1(a->scale);
+    for (int p0 = 0; p0 < n_max; p0 += 16) {
+        kv_chunk(a->k, t, a->kv_stride, head_off, p0, 16, n_max, hd, kbuf);
+        for (int qi = 0; qi < nq; qi++) {
+            if (p0 >= NPOS(qi)) continue;
+            float *sc = SC(qi);
+            UNROLL
+            for (int s = 0; s < nv; s++) q[s] = v16_load(QV(qi) + 16 * s);
+            v16 dots[16];
+            UNROLL
+            for (int u = 0; u < 16; u++) {
+                const float *kr = kbuf + (size_t)u * hd;
+                if (tiny_kq) {
+                    v16 d = v16_zero();
                     UNROLL
-                    for (int t = 0; t < CH; t++)
-                        od = _mm256_fmadd_ps(_mm256_set1_ps(sc[t]),
-                                             _mm256_loadu_ps(vbuf + t * hd + d), od);
-                    _mm256_storeu_ps(o + d, od);
+                    for (int s = 0; s < nv; s++) d = v16_fma(q[s], v16_load(kr + 16 * s), d);
+                    dots[u] = d;
+                } else {
+                    v16 d[4] = {v16_zero(), v16_zero(), v16_zero(), v16_zero()};
+                    UNROLL
+                    for (int s = 0; s < nv64; s++)
+                        d[s % 4] = v16_fma(q[s], v16_load(kr + 16 * s), d[s % 4]);
+                    dots[u] = v16_add(v16_add(d[0], d[2]), v16_add(d[1], d[3]));
+                }
+            }
+            v16_store(sc + p0, v16_reduce16(dots));
+            for (int u = 0; nv64 < nv && u < 16; u++) {
+                /* vec_dot's leftovers (see lloco_op_attention) */
+                const float *kr = kbuf + (size_t)u * hd, *qv = QV(qi);
+                if (t == LLOCO_DTYPE_F16) {
+                    double d = sc[p0 + u];
+                    for (int e = 16 * nv64; e < hd; e++) d += (double)(qv[e] * kr[e]);
+                    sc[p0 + u] = (float)d;
+                } else {
+                    for (int e = 16 * nv64; e < hd; e++) sc[p0 + u] += qv[e] * kr[e];
+                }
+            }
+            v16_store(sc + p0, v16_mul(v16_load(sc + p0), scale));
+        }
+    }
+    for (int qi = 0; qi < nq; qi++) {
+        float *sc = SC(qi);
+        const int n_pos = NPOS(qi), npad = (n_pos + 15) & ~15;
+        for (int p = n_pos; p < npad; p++) sc[p] = -INFINITY;
+        v16 vmax = v16_set1(-INFINITY);
+        for (int p = 0; p < npad; p += 16) vmax = v16_max(vmax, v16_load(sc + p));
+        const v16 mx = v16_set1(v16_reduce_max(vmax));
+        double sum = 0.0;
+        for (int p = 0; p < npad; p += 16) {
+            const v16 e = v16_exp(v16_sub(v16_load(sc + p), mx));
+            v16_store(sc + p, e);
+            sum += (double)v16_reduce(e);
+        }
+        const v16 inv = v16_set1((float)(1.0 / sum));
+        for (int p = 0; p < npad; p += 16) {
+            v16 pr = v16_mul(v16_load(sc + p), inv);
+            if (t == LLOCO_DTYPE_F16) pr = v16_round_f16(pr);
+            v16_store(sc + p, pr);
+        }
+        memset(sc + npad, 0, (sc_len - (size_t)npad) * sizeof(float));
+        memset(LANE_BUF(qi), 0, (size_t)L * hd * sizeof(float));
+    }
+    /* Lane l of the output dot product sums positions p = l (mod L) in
+     * order; positions past a query's own have probability 0 and add
+     * exactly nothing. */
+    /* Chunk after chunk of V converted once for all queries, each lane
+     * getting four positions of a chunk; four lanes of a query at a time
+     * with their accumulators in registers. */
+    const int vch = 4 * L;
+    for (int c0 = 0; c0 < n_max; c0 += vch) {
+        const int nc = n_max - c0 < vch ? n_max - c0 : vch; /* rows converted */
+        kv_chunk(a->v, t, a->kv_stride, head_off, c0, nc, n_max, hd, vbuf);
+        for (int qi = 0; qi < nq; qi++) {
+            if (c0 >= NPOS(qi)) continue;
+            const float *sc = SC(qi);
+            float *lanes = LANE_BUF(qi);
+            for (int l = 0; l < L; l += 4) {
+                UNROLL
+                for (int j = 0; j < 4; j++) {
+                    UNROLL
+                    for (int s = 0; s < nv; s++)
+                        acc[j][s] = v16_load(lanes + (size_t)(l + j) * hd + 16 * s);
+                }
+                for (int p = c0 + l; p < c0 + vch; p += L) {
+                    UNROLL
+                    for (int j = 0; j < 4; j++) {
+                        const v16 pr = v16_set1(sc[p + j]);
+                        const int row = p + j - c0 < nc ? p + j - c0 : nc - 1;
+                        const float *vr = vbuf + (size_t)row * hd;
+                        UNROLL
+                        for (int s = 0; s < nv; s++)
+                            acc[j][s] = v16_fma(pr, v16_load(vr + 16 * s), acc[j][s]);
+                    }
+                }
+                UNROLL
+                for (int j = 0; j < 4; j++) {
+                    UNROLL
+                    for (int s = 0; s < nv; s++)
+                        v16_store(lanes + (size_t)(l + j) * hd + 16 * s, acc[j][s]);
                 }
             }
         }
     }
-}
-
-static void attn_per_query(const attn_args *a, int g, int i0, int i1, int p_begin, int p_end,
-                           float *states) {
-    if (a->head_dim == 64)
-        per_query(a, g, i0, i1, p_begin, p_end, states, 64);
-    else if (a->head_dim == 128)
-        per_query(a, g, i0, i1, p_begin, p_end, states, 128);
-    else
-        per_query(a, g, i0, i1, p_begin, p_end, states, a->head_dim);
-}
-
-/* Positions per chunk of the query-lane kernel: one score vector each. */
-#define QCH LANES
-/* How far scores may exceed the running max before it moves (exp(16) is
- * about 9e6: sums of thousands of such terms stay far from overflow). */
-#define ATTN_SLACK 16.0f
-/* Output dims per pass of its P.V product: the accumulators and the
- * chunk's probabilities must fit the registers together. */
-#define PV_EB (X86_WIDTH == 512 ? 8 : 4)
-
-/* For many queries (prefill): one vector lane per query, queries
- * [lq0, lq0 + LANES) of the task (query q is row i0 + q / group, head
- * q % group). Scores of a chunk are then QCH vectors built by broadcasting
- * K values against the transposed queries, the online softmax is purely
- * lane-wise, and P.V broadcasts V values against the probability vectors:
- * no horizontal sums anywhere. */
-INLINE void query_lanes(const attn_args *a, int g, int i0, int i1, int p_begin, int p_end,
-                        float *states, int lq0, const int hd) {
-    const int group = a->n_head / a->n_kv_head;
-    const int nq = (i1 - i0) * group - lq0 < LANES ? (i1 - i0) * group - lq0 : LANES;
-    _Alignas(64) float qt[256 * LANES], ot[256 * LANES]; /* [dim][lane] */
-    _Alignas(64) float kbuf[QCH * 256], vbuf[QCH * 256];
-    _Alignas(64) float mv[LANES], lv[LANES], lim[LANES];
-    int min_lim = a->p0 + i1;
-    for (int l = 0; l < LANES; l++) {
-        if (l >= nq) { /* idle lane: sees nothing, adds nothing */
-            for (int d = 0; d < hd; d++) qt[d * LANES + l] = ot[d * LANES + l] = 0.0f;
-            mv[l] = -INFINITY, lv[l] = 0.0f, lim[l] = -1.0f;
-            continue;
-        }
-        const int ql = lq0 + l, i = i0 + ql / group;
-        const float *qr = a->q + ((size_t)i * a->n_head + g * group + ql % group) * hd;
-        const float *st = states + (size_t)ql * ATTN_STATE_FLOATS(hd);
-        for (int d = 0; d < hd; d++) {
-            qt[d * LANES + l] = qr[d] * a->scale;
-            ot[d * LANES + l] = st[2 + d];
-        }
-        mv[l] = st[0], lv[l] = st[1], lim[l] = (float)(a->p0 + i);
-        if (a->p0 + i < min_lim) min_lim = a->p0 + i;
-    }
-    vf m = vf_loadu(mv), lsum = vf_loadu(lv);
-    const vf limv = vf_loadu(lim);
-    for (int p = p_begin; p < p_end; p += QCH) {
-        const int n = p_end - p < QCH ? p_end - p : QCH;
-        load_kv_chunk(a, g, p, n, QCH, hd, kbuf, vbuf);
-        vf s[QCH];
-        UNROLL
-        for (int t = 0; t < QCH; t++) s[t] = vf_zero();
-        for (int d = 0; d < hd; d++) {
-            const vf qv = vf_loadu(qt + d * LANES);
-            UNROLL
-            for (int t = 0; t < QCH; t++) s[t] = vf_fmadd(qv, vf_set1(kbuf[t * hd + d]), s[t]);
-        }
-        if (p + QCH - 1 > min_lim || n < QCH) { /* causal edge or ragged chunk */
-            UNROLL
-            for (int t = 0; t < QCH; t++)
-                s[t] =
-                    t < n ? vf_where(vf_lt(limv, vf_set1((float)(p + t))), s[t], vf_set1(-INFINITY))
-                          : vf_set1(-INFINITY);
-        }
-        vf cmax = s[0];
-        UNROLL
-        for (int t = 1; t < QCH; t++) cmax = vf_max(cmax, s[t]);
-        /* The subtracted max need not be exact: softmax does not depend on
-         * it, and exp(s - m) stays finite for s up to m + ATTN_SLACK. So a
-         * lane's m moves only when a score passes it by that much, and the
-         * costly rescale of the outputs becomes rare. */
-        const vmask grow = vf_lt(vf_add(m, vf_set1(ATTN_SLACK)), cmax);
-        if (vmask_any(grow)) {
-            const vf mn = vf_where(grow, m, cmax);
-            /* a lane that has seen nothing keeps max -inf: subtract 0 there
-             * so exp gives 0 rather than NaN */
-            const vf mu = vf_where(vf_eq(mn, vf_set1(-INFINITY)), mn, vf_zero());
-            const vf corr = vf_exp(vf_sub(m, mu));
-            lsum = vf_mul(lsum, corr);
-            for (int e = 0; e < hd; e++)
-                vf_storeu(ot + e * LANES, vf_mul(vf_loadu(ot + e * LANES), corr));
-            m = mn;
-        }
-        const vf mu = vf_where(vf_eq(m, vf_set1(-INFINITY)), m, vf_zero());
-        UNROLL
-        for (int t = 0; t < QCH; t++) {
-            s[t] = vf_exp(vf_sub(s[t], mu));
-            lsum = vf_add(lsum, s[t]);
-        }
-        for (int e0 = 0; e0 < hd; e0 += PV_EB) {
-            vf acc[PV_EB];
-            UNROLL
-            for (int u = 0; u < PV_EB; u++) acc[u] = vf_loadu(ot + (e0 + u) * LANES);
-            UNROLL
-            for (int t = 0; t < QCH; t++) {
-                UNROLL
-                for (int u = 0; u < PV_EB; u++)
-                    acc[u] = vf_fmadd(s[t], vf_set1(vbuf[t * hd + e0 + u]), acc[u]);
-            }
-            UNROLL
-            for (int u = 0; u < PV_EB; u++) vf_storeu(ot + (e0 + u) * LANES, acc[u]);
+    for (int qi = 0; qi < nq; qi++) {
+        const float *lanes = LANE_BUF(qi);
+        float *out = a->out + ((size_t)(i0 + qi / nh) * a->n_head + h0 + qi % nh) * hd;
+        for (int s = 0; s < nv; s++) {
+            v16 w[16];
+            const float *ls = lanes + 16 * s; /* lane l of these 16 dims at ls + l * hd */
+            for (int ii = 0; ii < 16; ii++)
+                w[ii] = tiny_pv ? v16_load(ls + (size_t)ii * hd)
+                                : v16_add(v16_add(v16_load(ls + (size_t)ii * hd),
+                                                  v16_load(ls + (size_t)(32 + ii) * hd)),
+                                          v16_add(v16_load(ls + (size_t)(16 + ii) * hd),
+                                                  v16_load(ls + (size_t)(48 + ii) * hd)));
+            v16_store(out + 16 * s, v16_tree(w));
         }
     }
-    vf_storeu(mv, m);
-    vf_storeu(lv, lsum);
-    for (int l = 0; l < nq; l++) {
-        float *st = states + (size_t)(lq0 + l) * ATTN_STATE_FLOATS(hd);
-        st[0] = mv[l], st[1] = lv[l];
-        for (int e = 0; e < hd; e++) st[2 + e] = ot[e * LANES + l];
-    }
+#undef SC
+#undef LANE_BUF
+#undef QV
+#undef NPOS
 }
 
-/* One instantiation per common head size makes hd a constant. */
-static void attn_query_lanes(const attn_args *a, int g, int i0, int i1, int p_begin, int p_end,
-                             float *states, int lq0) {
-    if (a->head_dim == 64)
-        query_lanes(a, g, i0, i1, p_begin, p_end, states, lq0, 64);
-    else if (a->head_dim == 128)
-        query_lanes(a, g, i0, i1, p_begin, p_end, states, lq0, 128);
-    else
-        query_lanes(a, g, i0, i1, p_begin, p_end, states, lq0, a->head_dim);
-}
-
-static void x86_attn(const attn_args *a, int g, int i0, int i1, int p_begin, int p_end,
-                     float *states) {
-    const int nq = (i1 - i0) * (a->n_head / a->n_kv_head);
-    if (2 * nq < LANES) { /* lanes would mostly idle */
-        attn_per_query(a, g, i0, i1, p_begin, p_end, states);
-        return;
+/* One instantiation per cache type and common head size makes them
+ * constants. */
+static void x86_attn(const attn_args *a, int i0, int nr, int h0, int nh, float *scratch) {
+    if (a->kv_type == LLOCO_DTYPE_F16) {
+        if (a->head_dim == 64)
+            attn_block(a, i0, nr, h0, nh, scratch, 64, LLOCO_DTYPE_F16);
+        else
+            attn_block(a, i0, nr, h0, nh, scratch, a->head_dim, LLOCO_DTYPE_F16);
+    } else {
+        if (a->head_dim == 64)
+            attn_block(a, i0, nr, h0, nh, scratch, 64, LLOCO_DTYPE_F32);
+        else
+            attn_block(a, i0, nr, h0, nh, scratch, a->head_dim, LLOCO_DTYPE_F32);
     }
-    for (int lq0 = 0; lq0 < nq; lq0 += LANES)
-        attn_query_lanes(a, g, i0, i1, p_begin, p_end, states, lq0);
 }
 
 /* ---- row-wise and elementwise ------------------------------------------- */
 
 static void x86_rmsnorm_row(const float *x, const float *w, int d, float eps, float *y) {
-    __m256 acc = _mm256_setzero_ps();
-    int j = 0;
-    for (; j + 8 <= d; j += 8) {
-        const __m256 v = _mm256_loadu_ps(x + j);
-        acc = _mm256_fmadd_ps(v, v, acc);
-    }
-    float ss = hsum(acc);
-    for (; j < d; j++) ss += x[j] * x[j];
-    const float scale = 1.0f / sqrtf(ss / (float)d + eps);
+    /* GGML sums the rounded squares in double, one after the other: the
+     * order is the result, so this sum stays scalar. */
+    double ss = 0.0;
+    for (int j = 0; j < d; j++) ss += (double)(x[j] * x[j]);
+    const float mean = (float)(ss / d);
+    const float scale = 1.0f / sqrtf(mean + eps);
     const __m256 sv = _mm256_set1_ps(scale);
-    for (j = 0; j + 8 <= d; j += 8)
+    int j = 0;
+    for (; j + 8 <= d; j += 8)
         _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j), sv),
                                               _mm256_loadu_ps(w + j)));
     for (; j < d; j++) y[j] = x[j] * scale * w[j];
 }
 
 static void x86_softmax_row(float *x, int n) {
-    __m256 mv = _mm256_set1_ps(-INFINITY);
+    float max = -INFINITY;
     int j = 0;
-    for (; j + 8 <= n; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + j));
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    float max = _mm_cvtss_f32(m4);
+    if (n >= 16) {
+        v16 vmax = v16_load(x);
+        for (j = 16; j + 16 <= n; j += 16) vmax = v16_max(vmax, v16_load(x + j));
+        max = v16_reduce_max(vmax);
+    }
     for (; j < n; j++) max = max > x[j] ? max : x[j];
-    const __m256 maxv = _mm256_set1_ps(max);
-    __m256 sv = _mm256_setzero_ps();
-    for (j = 0; j + 8 <= n; j += 8) {
-        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j), maxv));
-        _mm256_storeu_ps(x + j, e);
-        sv = _mm256_add_ps(sv, e);
+    const v16 mx = v16_set1(max);
+    double sum = 0.0;
+    for (j = 0; j + 16 <= n; j += 16) {
+        const v16 e = v16_exp(v16_sub(v16_load(x + j), mx));
+        v16_store(x + j, e);
+        sum += (double)v16_reduce(e);
     }
-    float sum = hsum(sv);
-    for (; j < n; j++) {
+    for (; j < n; j++) { /* GGML's scalar tail uses libm */
         x[j] = expf(x[j] - max);
-        sum += x[j];
+        sum += (double)x[j];
     }
-    const float inv = 1.0f / sum;
+    const float inv = (float)(1.0 / sum);
     const __m256 iv = _mm256_set1_ps(inv);
     for (j = 0; j + 8 <= n; j += 8)
         _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), iv));
@@ -1050,13 +984,12 @@ static void x86_softmax_row(float *x, int n) {
 
 static void x86_silu_mul(const float *gate, const float *up, float *out, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 g = _mm256_loadu_ps(gate + i);
-        const __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
-        const __m256 s = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
+    for (; i + 16 <= n; i += 16) {
+        const v16 g = v16_load(gate + i);
+        const v16 e = v16_exp(v16_sub(v16_zero(), g));
+        v16_store(out + i, v16_mul(v16_div(g, v16_add(v16_set1(1.0f), e)), v16_load(up + i)));
     }
-    for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    for (; i < n; i++) out[i] = gate[i] / (1.0f + lloco_expf_ggml(0.0f - gate[i])) * up[i];
 }
 
 static void x86_add(float *y, const float *x, int64_t n) {

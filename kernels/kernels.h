@@ -97,30 +97,71 @@ int lloco_backend_n_threads(const lloco_backend *be);
 /* y[m][n] = x[m][k] · W[n][k]^T. W in dtype wt (any dtype but Q8_1/Q8_K),
  * k a multiple of wt's block. For quantized wt, x is first quantized to
  * lloco_dtype_vec_dot_type(wt) and rows are dotted in integers, as GGML
- * does, so results match GGML's to rounding. */
+ * does. For Q8_0, Q4_0 and Q4_1 every output is the float arithmetic of
+ * GGML's x86 vec_dot (which llama.cpp uses for every row count, and which
+ * its tinyBLAS_Q0 repeats), so results are bit-identical to llama.cpp's:
+ * eight lanes, lane j of block b holding the exact integer dot of elements
+ * 4j..4j+3; acc[j] = fma(d_w * d_x, lane, acc[j]) over the blocks in order;
+ * y = ((acc0+acc4) + (acc2+acc6)) + ((acc1+acc5) + (acc3+acc7)), plus for
+ * Q4_1 the sum, fma-chained in block order, of m_w * s_x. The result does
+ * not depend on m, the backend or its thread count. */
 void lloco_op_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, int k,
                      const float *x, int m, float *y);
 
-/* y[m][d] = x / rms(x) * w, rms over each row: sqrt(mean(x^2) + eps).
- * y may alias x. */
+/* y[m][d] = x / rms(x) * w, rms over each row: sqrt(mean(x^2) + eps),
+ * computed as GGML's fused RMS_NORM + MUL: the squares rounded to float and
+ * summed in double in order, mean = (float)(sum / d), scale = 1 / sqrtf(mean
+ * + eps), y = (x * scale) * w. y may alias x. */
 void lloco_op_rmsnorm(lloco_backend *be, const float *x, const float *w, int m, int d,
                       float eps, float *y);
 /* y = (x - mean) / sqrt(var + eps) * w + b (b may be NULL). y may alias x. */
 void lloco_op_layernorm(lloco_backend *be, const float *x, const float *w, const float *b,
                         int m, int d, float eps, float *y);
 
-/* In-place rotary embedding of x[m][n_heads * head_dim]. Row i is at
- * position pos[i]; pair j (0 <= j < rot_dim/2) rotates by angle
- * pos[i] * inv_freq[j]. neox=0: pairs are (2j, 2j+1) (GGML "normal");
- * neox=1: pairs are (j, j + rot_dim/2) (HF rotate_half). Dimensions at or
- * beyond rot_dim are left alone. mscale multiplies cos and sin (YaRN). */
-void lloco_op_rope(lloco_backend *be, float *x, int m, int n_heads, int head_dim, int rot_dim,
-                   const int32_t *pos, const float *inv_freq, float mscale, int neox);
+/* Rotary embedding angles, as GGML's ROPE op builds them. For each row,
+ * theta starts at (float)pos and pair j (0 <= j < rot_dim/2) uses
+ *   angle = freq_scale * (freq_factors ? theta / freq_factors[j] : theta),
+ *   cos = cosf(angle) * mscale, sin = sinf(angle) * mscale,
+ * then theta *= theta_scale before the next pair. theta_scale is
+ * powf(base, -2.0f / rot_dim); freq_scale is 1 / (linear scaling factor);
+ * mscale is 1 except for YaRN. freq_factors ([rot_dim/2], or NULL) is
+ * borrowed for the call. */
+typedef struct {
+    float theta_scale;
+    float freq_scale;
+    const float *freq_factors;
+    float mscale;
+} lloco_rope_params;
 
-/* In-place softmax of each row of x[m][n]. */
+/* In-place rotary embedding of x[m][n_heads * head_dim]. Row i is at
+ * position pos[i]. neox=0: pairs are (2j, 2j+1) (GGML "normal"); neox=1:
+ * pairs are (j, j + rot_dim/2) (HF rotate_half). Dimensions at or beyond
+ * rot_dim are left alone. Each pair (x0, x1) becomes
+ * (fma(x0, cos, -(x1 * sin)), fma(x0, sin, x1 * cos)), except, in normal
+ * mode, the last (rot_dim/2) % 4 pairs, which GGML's vectorized loop leaves
+ * to plain (x0 * cos - x1 * sin, x0 * sin + x1 * cos). */
+void lloco_op_rope(lloco_backend *be, float *x, int m, int n_heads, int head_dim, int rot_dim,
+                   const int32_t *pos, const lloco_rope_params *rp, int neox);
+
+/* In-place softmax of each row of x[m][n], as GGML's SOFT_MAX: e = exp(x -
+ * max) by GGML's vectorized expf (lloco_expf_ggml) for each whole group of
+ * 16 values and libm expf for the rest; sum = each group's float sum by
+ * the lane tree of _mm512_reduce_add_ps (below), then the remaining values,
+ * all added in double in order; x = e * (float)(1 / sum).
+ * The lane tree of 16 values v: t[i] = v[i] + v[i+8], u[i] = t[i] + t[i+4],
+ * result (u[0] + u[2]) + (u[1] + u[3]). */
 void lloco_op_softmax(lloco_backend *be, float *x, int m, int n);
 
-/* out[i] = silu(gate[i]) * up[i]. out may alias gate or up. */
+/* GGML's vectorized expf (ggml_v_expf, AVX512 form) on one value: a
+ * degree-5 polynomial on x - n ln2 with n = round(x / ln2), scaled by 2^n;
+ * 0 or +inf when |n| > 192. Within 2 ulp of expf, but not equal to it: the
+ * ops that follow GGML's exp use this. */
+float lloco_expf_ggml(float x);
+
+/* out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + e) with e =
+ * lloco_expf_ggml(0 - g): GGML's SWIGLU on rows whose length is a multiple
+ * of 16 (the vectorized part, which covers every element then). out may
+ * alias gate or up. */
 void lloco_op_silu_mul(lloco_backend *be, const float *gate, const float *up, float *out,
                        int64_t n);
 /* In-place GELU (tanh approximation when approx, erf otherwise). */
@@ -139,7 +180,24 @@ void lloco_op_get_rows(lloco_backend *be, const void *table, lloco_dtype t, int 
  *        at k + p*kv_stride + g*head_dim (in elements); n_kv >= p0 + m
  *   out  [m][n_head * head_dim]
  * Query head h uses KV head h / (n_head / n_kv_head) (GQA). Row i attends to
- * positions 0..p0+i, scores scaled by `scale`, softmax in f32. */
+ * positions 0..p0+i. The arithmetic is llama.cpp's non-flash path (KQ =
+ * mul_mat(K, Q), SOFT_MAX with scale and causal mask, KQV = mul_mat(V^T,
+ * KQ)) on a cache padded with masked positions to a multiple of 256, bit
+ * for bit:
+ *  - with an F16 cache, q and the probabilities are rounded to f16 before
+ *    their dot products (GGML converts the second matmul operand to the
+ *    cache type); with F32 nothing is rounded;
+ *  - a dot product of length L (head_dim for scores, the padded positions
+ *    for outputs) runs, when m == 1 (GGML's vec_dot), in four accumulators
+ *    of 16 lanes over steps of 64 (element e in accumulator (e/16)%4, lane
+ *    e%16, fma in order), reduced as ((a0+a2)+(a1+a3)) then lane tree as
+ *    _mm512_reduce_add_ps, the L%64 leftovers added after it (in double for
+ *    F16, in float for F32); when m > 1 and L%16 == 0 and head_dim%4 == 0
+ *    (tinyBLAS) in one accumulator of 16 lanes (element e in lane e%16),
+ *    then the lane tree, except for F32 scores; otherwise as for m == 1;
+ *  - scores are multiplied by `scale` and softmaxed as lloco_op_softmax with
+ *    every position past the causal limit (and up to the padded length)
+ *    masked to zero, in groups of 16 from position 0. */
 void lloco_op_attention(lloco_backend *be, const float *q, int m, int p0, int n_head,
                         int n_kv_head, int head_dim, const void *k, const void *v,
                         lloco_dtype kv_type, int kv_stride, float scale, float *out);

@@ -3,6 +3,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "kernels_test.h"
 
@@ -66,4 +67,18 @@ int kt_compare(const char *what, const float *ref, const float *got, int64_t n, 
     CHECKF(bad == 0 && nmse <= nmse_max, "%s: %lld of %lld values differ, nmse %.3g (max %.3g)",
            what, (long long)bad, (long long)n, nmse, nmse_max);
     return bad == 0 && nmse <= nmse_max;
+}
+
+int kt_compare_exact(const char *what, const float *ref, const float *got, int64_t n) {
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (memcmp(&ref[i], &got[i], sizeof(float)) == 0) continue;
+        if (bad < 5)
+            fprintf(stderr, "    %s: [%lld] ref %.9g got %.9g\n", what, (long long)i, ref[i],
+                    got[i]);
+        bad++;
+    }
+    CHECKF(bad == 0, "%s: %lld of %lld values differ from the reference's bits", what,
+           (long long)bad, (long long)n);
+    return bad == 0;
 }

@@ -1,7 +1,8 @@
 /* Helpers shared by the kernels tests: deterministic random data, the list
  * of backends under test (every CPU ISA level this machine runs, several
  * thread counts, CUDA when it can be created) and the comparison against the
- * reference (NMSE plus elementwise |got-ref| <= tol + |ref|*eps).
+ * reference (NMSE plus elementwise |got-ref| <= tol + |ref|*eps, or bit for
+ * bit).
  */
 #ifndef LLOCO_TESTS_KERNELS_TEST_H
 #define LLOCO_TESTS_KERNELS_TEST_H
@@ -61,6 +62,10 @@ void kt_backends_close(kt_backends *bs);
  * naming `what` and prints the first mismatches. Returns 1 if they match. */
 int kt_compare(const char *what, const float *ref, const float *got, int64_t n, double nmse_max,
                float tol, float eps);
+
+/* Like kt_compare, but every value must have the same bits (the ops that
+ * follow GGML's arithmetic exactly). */
+int kt_compare_exact(const char *what, const float *ref, const float *got, int64_t n);
 
 /* Root mean square of x, for tolerances that scale with the data. */
 float kt_rms(const float *x, int64_t n);
