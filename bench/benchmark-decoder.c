@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 
 #include "decoder/decoder.h"
 
@@ -181,10 +180,8 @@ int main(int argc, char **argv) {
     }
     double tok_s = n_decode / best;
     /* before the bandwidth loop's 2 GiB of buffers */
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
     printf("{\"bench\":\"memory\",\"engine\":\"lloco\",\"peak_rss_mib\":%.1f,\"kv_mib\":%.1f}\n",
-           ru.ru_maxrss / 1024.0, lloco_kv_bytes(kv) / 1048576.0);
+           lloco_rss_peak_bytes() / 1048576.0, lloco_kv_bytes(kv) / 1048576.0);
     size_t wbytes = lloco_model_weight_bytes(m);
     double bw = measure_bandwidth(nt);
     double bound = bw * 1e9 / (double)wbytes;

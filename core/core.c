@@ -171,6 +171,24 @@ double lloco_time_now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+static size_t proc_status_kib(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    size_t klen = strlen(key), kib = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, key, klen) == 0 && line[klen] == ':') {
+            kib = (size_t)strtoull(line + klen + 1, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return kib * 1024;
+}
+
+size_t lloco_rss_peak_bytes(void) { return proc_status_kib("VmHWM"); }
+size_t lloco_rss_now_bytes(void) { return proc_status_kib("VmRSS"); }
+
 int lloco_utf8_seq_len(uint8_t c) {
     if (c < 0x80) return 1;
     if ((c & 0xE0) == 0xC0) return c >= 0xC2 ? 2 : 0;

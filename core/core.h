@@ -82,6 +82,13 @@ int lloco_size_add(size_t a, size_t b, size_t *out);
 /* Monotonic clock in seconds. */
 double lloco_time_now(void);
 
+/* Peak and current resident set size of this process in bytes (VmHWM /
+ * VmRSS from /proc/self/status; 0 where unavailable). Unlike getrusage's
+ * ru_maxrss these describe this address space only: a process started by
+ * fork+exec from a large parent does not inherit the parent's peak. */
+size_t lloco_rss_peak_bytes(void);
+size_t lloco_rss_now_bytes(void);
+
 /* UTF-8: length of the sequence starting with byte c (1..4), or 0 if c
  * cannot start one. lloco_utf8_incomplete_tail returns how many trailing
  * bytes of s are the unfinished start of a multi-byte sequence (0..3): a

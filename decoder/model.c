@@ -140,32 +140,56 @@ static int gguf_hp_f32(const lloco_gguf *g, const char *arch, const char *key, f
     return 0;
 }
 
-static int gguf_weight(const lloco_gguf *g, const char *name, int rows, int cols, int optional,
-                       lloco_weight *w) {
-    const lloco_gguf_tensor *t = lloco_gguf_find_tensor(g, name);
-    if (!t) {
+/* A tensor of either file format, shape in row-major terms ([rows, cols]
+ * for a matrix; GGUF lists dimensions the other way round). */
+typedef struct {
+    const void *data;
+    lloco_dtype type;
+    int n_dims;
+    int64_t rows, cols, n;
+} found_tensor;
+
+static int find_tensor(const lloco_model *m, const char *name, found_tensor *f) {
+    if (m->gguf) {
+        const lloco_gguf_tensor *t = lloco_gguf_find_tensor(m->gguf, name);
+        if (!t) return 0;
+        *f = (found_tensor){t->data, t->type, t->n_dims, t->ne[1], t->ne[0],
+                            t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]};
+        return 1;
+    }
+    const lloco_st_tensor *t = lloco_st_find(m->st, name);
+    if (!t) return 0;
+    *f = (found_tensor){t->data, t->type, t->n_dims, t->n_dims > 0 ? t->shape[0] : 1,
+                        t->n_dims > 1 ? t->shape[1] : 1, 1};
+    for (int i = 0; i < t->n_dims; i++) f->n *= t->shape[i];
+    return 1;
+}
+
+static int model_weight(const lloco_model *m, const char *name, int rows, int cols, int optional,
+                        lloco_weight *w) {
+    found_tensor t;
+    if (!find_tensor(m, name, &t)) {
         if (optional) return 0;
         return lloco_error(LLOCO_ERR_FORMAT, "tensor '%s' missing", name);
     }
-    if (t->n_dims != 2 || t->ne[0] != cols || t->ne[1] != rows)
-        return lloco_error(LLOCO_ERR_FORMAT, "tensor '%s' has shape [%lld, %lld], expected [%d, %d]",
-                           name, (long long)t->ne[0], (long long)t->ne[1], cols, rows);
-    w->data = t->data;
-    w->type = t->type;
+    if (t.n_dims != 2 || t.rows != rows || t.cols != cols)
+        return lloco_error(LLOCO_ERR_FORMAT, "tensor '%s' has %d dims, %lld x %lld, expected %d x %d",
+                           name, t.n_dims, (long long)t.rows, (long long)t.cols, rows, cols);
+    w->data = t.data;
+    w->type = t.type;
     w->rows = rows;
     w->cols = cols;
     return 0;
 }
 
-static int gguf_vector(lloco_model *m, const char *name, int d, int optional, const float **out) {
-    const lloco_gguf_tensor *t = lloco_gguf_find_tensor(m->gguf, name);
-    if (!t) {
-        *out = NULL;
+static int model_vector(lloco_model *m, const char *name, int d, int optional, const float **out) {
+    found_tensor t;
+    *out = NULL;
+    if (!find_tensor(m, name, &t)) {
         if (optional) return 0;
         return lloco_error(LLOCO_ERR_FORMAT, "tensor '%s' missing", name);
     }
-    int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
-    return as_f32_vector(m, name, t->data, t->type, n, d, out);
+    return as_f32_vector(m, name, t.data, t.type, t.n, d, out);
 }
 
 static int load_gguf(lloco_model *m, const char *path) {
@@ -220,9 +244,9 @@ static int load_gguf(lloco_model *m, const char *path) {
     if ((rc = check_hparams(hp, path))) return rc;
 
     int d = hp->d_model, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
-    if ((rc = gguf_weight(g, "token_embd.weight", hp->n_vocab, d, 0, &m->tok_embd))) return rc;
-    if ((rc = gguf_vector(m, "output_norm.weight", d, 0, &m->out_norm))) return rc;
-    if ((rc = gguf_weight(g, "output.weight", hp->n_vocab, d, 1, &m->output))) return rc;
+    if ((rc = model_weight(m, "token_embd.weight", hp->n_vocab, d, 0, &m->tok_embd))) return rc;
+    if ((rc = model_vector(m, "output_norm.weight", d, 0, &m->out_norm))) return rc;
+    if ((rc = model_weight(m, "output.weight", hp->n_vocab, d, 1, &m->output))) return rc;
     hp->tied_embeddings = m->output.data == NULL;
     if (hp->tied_embeddings) m->output = m->tok_embd;
 
@@ -232,23 +256,23 @@ static int load_gguf(lloco_model *m, const char *path) {
         lloco_layer *L = &m->layers[i];
         char n[96];
 #define TN(suffix) (snprintf(n, sizeof n, "blk.%d." suffix, i), n)
-        if ((rc = gguf_vector(m, TN("attn_norm.weight"), d, 0, &L->attn_norm)) ||
-            (rc = gguf_weight(g, TN("attn_q.weight"), qd, d, 0, &L->wq)) ||
-            (rc = gguf_weight(g, TN("attn_k.weight"), kvd, d, 0, &L->wk)) ||
-            (rc = gguf_weight(g, TN("attn_v.weight"), kvd, d, 0, &L->wv)) ||
-            (rc = gguf_weight(g, TN("attn_output.weight"), d, qd, 0, &L->wo)) ||
-            (rc = gguf_vector(m, TN("attn_q.bias"), qd, 1, &L->bq)) ||
-            (rc = gguf_vector(m, TN("attn_k.bias"), kvd, 1, &L->bk)) ||
-            (rc = gguf_vector(m, TN("attn_v.bias"), kvd, 1, &L->bv)) ||
-            (rc = gguf_vector(m, TN("ffn_norm.weight"), d, 0, &L->ffn_norm)) ||
-            (rc = gguf_weight(g, TN("ffn_gate.weight"), hp->d_ff, d, 0, &L->w_gate)) ||
-            (rc = gguf_weight(g, TN("ffn_up.weight"), hp->d_ff, d, 0, &L->w_up)) ||
-            (rc = gguf_weight(g, TN("ffn_down.weight"), d, hp->d_ff, 0, &L->w_down)))
+        if ((rc = model_vector(m, TN("attn_norm.weight"), d, 0, &L->attn_norm)) ||
+            (rc = model_weight(m, TN("attn_q.weight"), qd, d, 0, &L->wq)) ||
+            (rc = model_weight(m, TN("attn_k.weight"), kvd, d, 0, &L->wk)) ||
+            (rc = model_weight(m, TN("attn_v.weight"), kvd, d, 0, &L->wv)) ||
+            (rc = model_weight(m, TN("attn_output.weight"), d, qd, 0, &L->wo)) ||
+            (rc = model_vector(m, TN("attn_q.bias"), qd, 1, &L->bq)) ||
+            (rc = model_vector(m, TN("attn_k.bias"), kvd, 1, &L->bk)) ||
+            (rc = model_vector(m, TN("attn_v.bias"), kvd, 1, &L->bv)) ||
+            (rc = model_vector(m, TN("ffn_norm.weight"), d, 0, &L->ffn_norm)) ||
+            (rc = model_weight(m, TN("ffn_gate.weight"), hp->d_ff, d, 0, &L->w_gate)) ||
+            (rc = model_weight(m, TN("ffn_up.weight"), hp->d_ff, d, 0, &L->w_up)) ||
+            (rc = model_weight(m, TN("ffn_down.weight"), d, hp->d_ff, 0, &L->w_down)))
             return rc;
 #undef TN
     }
     const float *freq_factors = NULL;
-    if ((rc = gguf_vector(m, "rope_freqs.weight", hp->rope_dim / 2, 1, &freq_factors))) return rc;
+    if ((rc = model_vector(m, "rope_freqs.weight", hp->rope_dim / 2, 1, &freq_factors))) return rc;
     if ((rc = compute_rope_params(m, freq_factors))) return rc;
 
     if ((rc = lloco_tokenizer_load_gguf(g, &m->tok))) return rc;
@@ -347,35 +371,6 @@ done:
     return rc;
 }
 
-static int st_weight(const lloco_st *st, const char *name, int rows, int cols, int optional,
-                     lloco_weight *w) {
-    const lloco_st_tensor *t = lloco_st_find(st, name);
-    if (!t) {
-        if (optional) return 0;
-        return lloco_error(LLOCO_ERR_FORMAT, "tensor '%s' missing", name);
-    }
-    if (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols)
-        return lloco_error(LLOCO_ERR_FORMAT, "tensor '%s' has shape [%lld, %lld], expected [%d, %d]",
-                           name, (long long)t->shape[0], (long long)t->shape[1], rows, cols);
-    w->data = t->data;
-    w->type = t->type;
-    w->rows = rows;
-    w->cols = cols;
-    return 0;
-}
-
-static int st_vector(lloco_model *m, const char *name, int d, int optional, const float **out) {
-    const lloco_st_tensor *t = lloco_st_find(m->st, name);
-    if (!t) {
-        *out = NULL;
-        if (optional) return 0;
-        return lloco_error(LLOCO_ERR_FORMAT, "tensor '%s' missing", name);
-    }
-    int64_t n = 1;
-    for (int i = 0; i < t->n_dims; i++) n *= t->shape[i];
-    return as_f32_vector(m, name, t->data, t->type, n, d, out);
-}
-
 static int load_safetensors(lloco_model *m, const char *path) {
     char dir[4096];
     if (is_dir(path)) {
@@ -392,11 +387,10 @@ static int load_safetensors(lloco_model *m, const char *path) {
     int rc = parse_config(hp, cfg_path);
     if (rc) return rc;
     if ((rc = lloco_st_open(path, &m->st))) return rc;
-    const lloco_st *st = m->st;
     int d = hp->d_model, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
-    if ((rc = st_weight(st, "model.embed_tokens.weight", hp->n_vocab, d, 0, &m->tok_embd)) ||
-        (rc = st_vector(m, "model.norm.weight", d, 0, &m->out_norm)) ||
-        (rc = st_weight(st, "lm_head.weight", hp->n_vocab, d, hp->tied_embeddings, &m->output)))
+    if ((rc = model_weight(m, "model.embed_tokens.weight", hp->n_vocab, d, 0, &m->tok_embd)) ||
+        (rc = model_vector(m, "model.norm.weight", d, 0, &m->out_norm)) ||
+        (rc = model_weight(m, "lm_head.weight", hp->n_vocab, d, hp->tied_embeddings, &m->output)))
         return rc;
     if (!m->output.data) {
         hp->tied_embeddings = 1;
@@ -408,18 +402,18 @@ static int load_safetensors(lloco_model *m, const char *path) {
         lloco_layer *L = &m->layers[i];
         char n[128];
 #define TN(suffix) (snprintf(n, sizeof n, "model.layers.%d." suffix, i), n)
-        if ((rc = st_vector(m, TN("input_layernorm.weight"), d, 0, &L->attn_norm)) ||
-            (rc = st_weight(st, TN("self_attn.q_proj.weight"), qd, d, 0, &L->wq)) ||
-            (rc = st_weight(st, TN("self_attn.k_proj.weight"), kvd, d, 0, &L->wk)) ||
-            (rc = st_weight(st, TN("self_attn.v_proj.weight"), kvd, d, 0, &L->wv)) ||
-            (rc = st_weight(st, TN("self_attn.o_proj.weight"), d, qd, 0, &L->wo)) ||
-            (rc = st_vector(m, TN("self_attn.q_proj.bias"), qd, 1, &L->bq)) ||
-            (rc = st_vector(m, TN("self_attn.k_proj.bias"), kvd, 1, &L->bk)) ||
-            (rc = st_vector(m, TN("self_attn.v_proj.bias"), kvd, 1, &L->bv)) ||
-            (rc = st_vector(m, TN("post_attention_layernorm.weight"), d, 0, &L->ffn_norm)) ||
-            (rc = st_weight(st, TN("mlp.gate_proj.weight"), hp->d_ff, d, 0, &L->w_gate)) ||
-            (rc = st_weight(st, TN("mlp.up_proj.weight"), hp->d_ff, d, 0, &L->w_up)) ||
-            (rc = st_weight(st, TN("mlp.down_proj.weight"), d, hp->d_ff, 0, &L->w_down)))
+        if ((rc = model_vector(m, TN("input_layernorm.weight"), d, 0, &L->attn_norm)) ||
+            (rc = model_weight(m, TN("self_attn.q_proj.weight"), qd, d, 0, &L->wq)) ||
+            (rc = model_weight(m, TN("self_attn.k_proj.weight"), kvd, d, 0, &L->wk)) ||
+            (rc = model_weight(m, TN("self_attn.v_proj.weight"), kvd, d, 0, &L->wv)) ||
+            (rc = model_weight(m, TN("self_attn.o_proj.weight"), d, qd, 0, &L->wo)) ||
+            (rc = model_vector(m, TN("self_attn.q_proj.bias"), qd, 1, &L->bq)) ||
+            (rc = model_vector(m, TN("self_attn.k_proj.bias"), kvd, 1, &L->bk)) ||
+            (rc = model_vector(m, TN("self_attn.v_proj.bias"), kvd, 1, &L->bv)) ||
+            (rc = model_vector(m, TN("post_attention_layernorm.weight"), d, 0, &L->ffn_norm)) ||
+            (rc = model_weight(m, TN("mlp.gate_proj.weight"), hp->d_ff, d, 0, &L->w_gate)) ||
+            (rc = model_weight(m, TN("mlp.up_proj.weight"), hp->d_ff, d, 0, &L->w_up)) ||
+            (rc = model_weight(m, TN("mlp.down_proj.weight"), d, hp->d_ff, 0, &L->w_down)))
             return rc;
 #undef TN
     }

@@ -7,7 +7,7 @@
 
 #include "decoder.h"
 #include "gguf.h"
-#include "safetensors.h"
+#include "decoder.h"
 
 typedef struct {
     const void *data;

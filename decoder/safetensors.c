@@ -2,7 +2,7 @@
  * model.safetensors.index.json, parses each JSON header and checks dtypes,
  * shapes and data offsets against the mapping before handing tensors out.
  */
-#include "safetensors.h"
+#include "decoder.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

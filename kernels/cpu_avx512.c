@@ -165,33 +165,4 @@ static void mm_rows_pairs(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows
     }
 }
 
-static size_t act_row_bytes(lloco_dtype wt, int k, int packed) {
-    (void)wt;
-    return packed ? tile_row_bytes(k) : pair_act_row_bytes(k);
-}
-
-static void quantize_act(lloco_dtype wt, const float *x, int k, int packed, uint8_t *act, int i) {
-    if (packed)
-        quantize_tile_row(wt, x, k, act, i);
-    else
-        quantize_pairs(wt, x, k, act + (size_t)i * pair_act_row_bytes(k));
-}
-
-const cpu_kernels lloco_cpu_kernels_avx512 = {
-    .tile_r = R_,
-    .tile_c = C_,
-    .act_row_bytes = act_row_bytes,
-    .quantize_act = quantize_act,
-    .mm_rows = mm_rows_pairs,
-    .mm_panel_bytes = x86_mm_panel_bytes,
-    .mm_pack = x86_mm_pack,
-    .mm_tile = x86_mm_tile,
-    .mm_float = x86_mm_float,
-    .attn = x86_attn,
-    .rmsnorm_row = x86_rmsnorm_row,
-    .softmax_row = x86_softmax_row,
-    .silu_mul = x86_silu_mul,
-    .add = x86_add,
-    .f16_to_f32 = x86_f16_to_f32,
-    .f32_to_f16 = x86_f32_to_f16,
-};
+X86_KERNEL_TABLE(lloco_cpu_kernels_avx512, pair_act_row_bytes, quantize_pairs, mm_rows_pairs);

@@ -1013,3 +1013,38 @@ static void x86_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
                          _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
     for (; i < n; i++) dst[i] = lloco_fp32_to_fp16(src[i]);
 }
+
+/* The backend table. ISAs differ only in the activation layout decode uses
+ * (its row size, its quantizer and the matrix-rows kernel that reads it);
+ * prefill uses the packed tile layout everywhere. Each ISA file expands
+ * this once, after defining those three functions. */
+#define X86_KERNEL_TABLE(NAME, DECODE_ROW_BYTES, QUANTIZE_DECODE, MM_ROWS)                      \
+    static size_t act_row_bytes(lloco_dtype wt, int k, int packed) {                            \
+        (void)wt;                                                                               \
+        return packed ? tile_row_bytes(k) : DECODE_ROW_BYTES(k);                                \
+    }                                                                                           \
+    static void quantize_act(lloco_dtype wt, const float *x, int k, int packed, uint8_t *act,   \
+                             int i) {                                                           \
+        if (packed)                                                                             \
+            quantize_tile_row(wt, x, k, act, i);                                                \
+        else                                                                                    \
+            QUANTIZE_DECODE(wt, x, k, act + (size_t)i * DECODE_ROW_BYTES(k));                   \
+    }                                                                                           \
+    const cpu_kernels NAME = {                                                                  \
+        .tile_r = R_,                                                                           \
+        .tile_c = C_,                                                                           \
+        .act_row_bytes = act_row_bytes,                                                         \
+        .quantize_act = quantize_act,                                                           \
+        .mm_rows = MM_ROWS,                                                                     \
+        .mm_panel_bytes = x86_mm_panel_bytes,                                                   \
+        .mm_pack = x86_mm_pack,                                                                 \
+        .mm_tile = x86_mm_tile,                                                                 \
+        .mm_float = x86_mm_float,                                                               \
+        .attn = x86_attn,                                                                       \
+        .rmsnorm_row = x86_rmsnorm_row,                                                         \
+        .softmax_row = x86_softmax_row,                                                         \
+        .silu_mul = x86_silu_mul,                                                               \
+        .add = x86_add,                                                                         \
+        .f16_to_f32 = x86_f16_to_f32,                                                           \
+        .f32_to_f16 = x86_f32_to_f16,                                                           \
+    }

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "decoder/gguf.h"
-#include "decoder/safetensors.h"
+#include "decoder/decoder.h"
 #include "tests/test.h"
 
 /* ---- helpers -------------------------------------------------------------- */

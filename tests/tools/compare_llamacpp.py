@@ -29,7 +29,16 @@ PROMPTS = [
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
     "<|im_start|>user\nExplain in two sentences why the sky is blue.<|im_end|>\n<|im_start|>assistant\n",
     "Once upon a time, in a small village at the edge of a forest,",
+    "<|im_start|>user\nWrite a long story about a dragon who learns to bake bread.<|im_end|>\n"
+    "<|im_start|>assistant\n",
+    "<|im_start|>user\nDescribe, step by step, how to plant a vegetable garden.<|im_end|>\n"
+    "<|im_start|>assistant\n",
+    "The following is a detailed description of the water cycle. Water evaporates from",
+    "#include <stdio.h>\n\n/* Print the first twenty prime numbers. */\nint main(void) {\n",
 ]
+# Prompts whose continuation must run the full N_GEN tokens (no early EOS),
+# so that long greedy runs are compared, not only short answers.
+MIN_FULL_LENGTH = 5
 N_GEN = 64
 # lloco repeats the float arithmetic of GGML's AVX512 CPU path op for op, so
 # against a llama.cpp built for AVX512 the logits are identical (NMSE 0);
@@ -94,6 +103,7 @@ def main():
     llm = llama_cpp.Llama(model_path=args.model, n_ctx=1024, n_threads=args.threads,
                           n_threads_batch=args.threads, flash_attn=False, verbose=False)
     failures = 0
+    full_length = 0
     worst = 0.0
     for i, prompt in enumerate(PROMPTS):
         ref_ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
@@ -109,6 +119,7 @@ def main():
                      min(len(gen), len(ref_gen)))
         ok = same_prompt and same_gen and nmse <= LOGIT_NMSE_BOUND
         failures += not ok
+        full_length += ok and len(gen) == N_GEN
         print(json.dumps({"prompt": i, "prompt_tokens": len(ref_ids), "prompt_ids_equal": same_prompt,
                           "generated": len(gen), "llama_cpp_generated": len(ref_gen),
                           "tokens_equal": same_gen, "agree_prefix": agree,
@@ -116,9 +127,10 @@ def main():
         if not same_gen:
             print("  lloco:     " + llm.detokenize(gen).decode(errors="replace")[:200].replace("\n", "\\n"))
             print("  llama.cpp: " + llm.detokenize(ref_gen).decode(errors="replace")[:200].replace("\n", "\\n"))
-    print(f"{len(PROMPTS) - failures} passed, {failures} failed (worst logits NMSE {worst:.3g}, "
-          f"bound {LOGIT_NMSE_BOUND:g})")
-    return 1 if failures else 0
+    print(f"{len(PROMPTS) - failures} passed, {failures} failed, {full_length} identical over all "
+          f"{N_GEN} tokens (need {MIN_FULL_LENGTH}); worst logits NMSE {worst:.3g}, "
+          f"bound {LOGIT_NMSE_BOUND:g}")
+    return 1 if failures or full_length < MIN_FULL_LENGTH else 0
 
 
 if __name__ == "__main__":
