@@ -173,6 +173,18 @@ const char *lloco_model_chat_template(const lloco_model *m);
 size_t lloco_model_weight_bytes(const lloco_model *m);
 /* Token embedding row as f32 (d_model floats into out). */
 int lloco_model_embed_token(const lloco_model *m, int32_t id, float *out);
+/* Identity of the model's content: XXH3-128 in hex (32 chars + NUL into
+ * out) over the hyper-parameters, the vocabulary and every tensor's name,
+ * type, shape and bytes. Reads all weights once (tens of ms per 100 MB):
+ * callers that need it more than once keep it. */
+int lloco_model_hash(const lloco_model *m, char out[33]);
+/* Any tensor of the model files by its name there (e.g. "embed_summary.weight"
+ * or "memory_token_embed.weight", which the LLaMA loader does not use),
+ * dequantised to f32 as rows x cols (cols = the contiguous dimension; a 1-D
+ * tensor is 1 x n). *out is malloc'ed; the caller frees it.
+ * LLOCO_ERR_NOTFOUND when the files have no such tensor. */
+int lloco_model_tensor_f32(const lloco_model *m, const char *name, int64_t *rows, int64_t *cols,
+                           float **out);
 
 /* Prints architecture, hyper-parameters, tokenizer and the tensor table of a
  * model file or directory (the `lloco inspect` command) to f. */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <xxhash.h>
 
 #include "model_internal.h"
 #include "tokenizer_internal.h"
@@ -489,6 +490,67 @@ size_t lloco_model_weight_bytes(const lloco_model *m) {
                  weight_bytes(&L->w_down) + 2 * sizeof(float) * (size_t)m->hp.d_model;
     }
     return total;
+}
+
+int lloco_model_tensor_f32(const lloco_model *m, const char *name, int64_t *rows, int64_t *cols,
+                           float **out) {
+    found_tensor t;
+    *out = NULL;
+    if (!find_tensor(m, name, &t))
+        return lloco_error(LLOCO_ERR_NOTFOUND, "tensor '%s' not in the model", name);
+    int64_t c = t.n_dims <= 1 ? t.n : t.cols, r = t.n / (c ? c : 1);
+    size_t bytes;
+    if (c <= 0 || lloco_size_mul((size_t)t.n, sizeof(float), &bytes))
+        return lloco_error(LLOCO_ERR_FORMAT, "tensor '%s' has no usable shape", name);
+    float *buf = malloc(bytes);
+    if (!buf) return lloco_error(LLOCO_ERR_NOMEM, "out of memory for tensor '%s'", name);
+    size_t rb = lloco_dtype_row_bytes(t.type, c);
+    for (int64_t i = 0; i < r; i++) {
+        int rc = lloco_dequantize_row(t.type, (const uint8_t *)t.data + rb * (size_t)i, buf + c * i, c);
+        if (rc) {
+            free(buf);
+            return lloco_error(rc, "tensor '%s': %s", name, lloco_last_error());
+        }
+    }
+    *rows = r;
+    *cols = c;
+    *out = buf;
+    return 0;
+}
+
+static void hash_tensor(XXH3_state_t *h, const char *name, lloco_dtype type, int n_dims,
+                        const int64_t *dims, const void *data, size_t nbytes) {
+    int32_t head[2] = {(int32_t)type, n_dims};
+    XXH3_128bits_update(h, name, strlen(name) + 1);
+    XXH3_128bits_update(h, head, sizeof head);
+    XXH3_128bits_update(h, dims, sizeof(int64_t) * (size_t)n_dims);
+    XXH3_128bits_update(h, data, nbytes);
+}
+
+int lloco_model_hash(const lloco_model *m, char out[33]) {
+    XXH3_state_t *h = XXH3_createState();
+    if (!h) return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
+    XXH3_128bits_reset(h);
+    XXH3_128bits_update(h, &m->hp, sizeof m->hp);
+    for (int32_t i = 0; i < m->hp.n_vocab; i++) {
+        const char *tt = lloco_tokenizer_token_text(m->tok, i);
+        if (tt) XXH3_128bits_update(h, tt, strlen(tt) + 1);
+    }
+    if (m->gguf) {
+        for (int64_t i = 0; i < lloco_gguf_n_tensors(m->gguf); i++) {
+            const lloco_gguf_tensor *t = lloco_gguf_tensor_at(m->gguf, i);
+            hash_tensor(h, t->name, t->type, t->n_dims, t->ne, t->data, t->nbytes);
+        }
+    } else {
+        for (int64_t i = 0; i < lloco_st_n_tensors(m->st); i++) {
+            const lloco_st_tensor *t = lloco_st_tensor_at(m->st, i);
+            hash_tensor(h, t->name, t->type, t->n_dims, t->shape, t->data, t->nbytes);
+        }
+    }
+    XXH128_hash_t d = XXH3_128bits_digest(h);
+    XXH3_freeState(h);
+    snprintf(out, 33, "%016llx%016llx", (unsigned long long)d.high64, (unsigned long long)d.low64);
+    return 0;
 }
 
 int lloco_model_embed_token(const lloco_model *m, int32_t id, float *out) {

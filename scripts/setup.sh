@@ -18,7 +18,8 @@ MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 APT_PACKAGES=(build-essential cmake pkg-config python3 python3-pip
-              libpcre2-dev libcjson-dev libutf8proc-dev)
+              libpcre2-dev libcjson-dev libutf8proc-dev liblmdb-dev libxxhash-dev
+              libfaiss-dev libopenblas-dev libuv1-dev libhttp-parser-dev)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
