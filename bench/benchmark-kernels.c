@@ -1,8 +1,9 @@
-/* benchmark-kernels: matmul and attention speed of the CPU backends on the
- * default model's shapes (SmolLM2-135M: d_model 576, d_ff 1536, KV dim 192,
- * 49152-row Q8_0 output head). Checks each result against cpu-ref first,
- * then prints one JSON object per result on stdout and a readable line per
- * result, plus a per-token estimate, on stderr. Exits 1 if a check failed.
+/* benchmark-kernels: matmul, attention and LoRA speed of the CPU backends on
+ * the default model's shapes (SmolLM2-135M: d_model 576, d_ff 1536, KV dim
+ * 192, 49152-row Q8_0 output head). Checks each result against cpu-ref
+ * first, then prints one JSON object per result on stdout and a readable
+ * line per result, plus per-token estimates and the cost of swapping a
+ * merged adapter, on stderr. Exits 1 if a check failed.
  *
  * usage: benchmark-kernels [--quick] [--threads N]
  *   --quick      fewer shapes and shorter timings (a smoke run)
@@ -200,6 +201,181 @@ static void bench_attention(bench_backend *bbs, int nbb, int m, int p0) {
     free(q), free(kv), free(k), free(v), free(o_ref), free(o);
 }
 
+/* ---- LoRA ----------------------------------------------------------------- */
+
+typedef struct {
+    lloco_lora_mat mat;
+    void *a, *bt;
+} bench_lora_pair;
+
+static void lora_pair_make(bench_lora_pair *p, lloco_dtype t, int rank, int k, int n) {
+    const size_t es = lloco_dtype_block_bytes(t);
+    float *tmp = xmalloc(sizeof(float) * (size_t)rank * (size_t)(k > n ? k : n));
+    p->a = xmalloc((size_t)rank * k * es);
+    p->bt = xmalloc((size_t)rank * n * es);
+    for (size_t i = 0; i < (size_t)rank * k; i++) tmp[i] = frand();
+    lloco_quantize_row(t, tmp, p->a, (int64_t)rank * k);
+    for (size_t i = 0; i < (size_t)rank * n; i++) tmp[i] = frand() * 0.1f;
+    lloco_quantize_row(t, tmp, p->bt, (int64_t)rank * n);
+    free(tmp);
+    p->mat = (lloco_lora_mat){.a = p->a, .bt = p->bt, .type = t, .rank = rank, .k = k, .n = n,
+                              .scale = 2.0f};
+}
+
+/* Seconds per call of the LoRA op (after the checked call has warmed up). */
+static double time_lora(lloco_backend *be, const float *x, int m, int k, int n,
+                        const lloco_lora_mat *const *rows, float *y) {
+    int iters = 0;
+    const double t0 = lloco_time_now();
+    double t;
+    do {
+        lloco_op_lora(be, x, m, k, n, rows, y);
+        iters++;
+        t = lloco_time_now() - t0;
+    } while (t < min_seconds);
+    return t / iters;
+}
+
+static double time_merge(lloco_backend *be, const void *w, const lloco_lora_mat *l, void *dst) {
+    int iters = 0;
+    const double t0 = lloco_time_now();
+    double t;
+    do {
+        lloco_op_lora_merge(be, w, LLOCO_DTYPE_Q4_1, l, dst, LLOCO_DTYPE_Q4_1);
+        iters++;
+        t = lloco_time_now() - t0;
+    } while (t < min_seconds);
+    return t / iters;
+}
+
+/* The batched LoRA op on one projection shape: m rows spread round-robin
+ * over n_ad adapters of rank `rank` (n_ad == m: every row its own), next to
+ * the Q4_1 base matmul of the same rows. Returns the cpu backend's seconds
+ * (the last backend's). */
+static double bench_lora(bench_backend *bbs, int nbb, const shape *sh, lloco_dtype t, int rank,
+                         int m, int n_ad) {
+    bench_lora_pair *ad = xmalloc(sizeof *ad * (size_t)n_ad);
+    for (int a = 0; a < n_ad; a++) lora_pair_make(&ad[a], t, rank, sh->k, sh->n);
+    const lloco_lora_mat **rows = xmalloc(sizeof *rows * (size_t)m);
+    for (int i = 0; i < m; i++) rows[i] = &ad[i % n_ad].mat;
+    float *x = xmalloc(sizeof(float) * (size_t)m * sh->k);
+    for (size_t i = 0; i < (size_t)m * sh->k; i++) x[i] = frand();
+    float *y_ref = xmalloc(sizeof(float) * (size_t)m * sh->n), *y = xmalloc(sizeof(float) * (size_t)m * sh->n);
+    memset(y_ref, 0, sizeof(float) * (size_t)m * sh->n);
+    lloco_op_lora(bbs[0].be, x, m, sh->k, sh->n, rows, y_ref);
+    const size_t wb = lloco_dtype_row_bytes(LLOCO_DTYPE_Q4_1, sh->k) * sh->n;
+    uint8_t *w = xmalloc(wb);
+    make_weights(LLOCO_DTYPE_Q4_1, sh->n, sh->k, w);
+    const double flop = 2.0 * m * rank * (double)(sh->k + sh->n);
+    const double bytes = (double)n_ad * rank * (sh->k + sh->n) * lloco_dtype_block_bytes(t);
+    double last = 0;
+    for (int b = 1; b < nbb; b++) {
+        memset(y, 0, sizeof(float) * (size_t)m * sh->n);
+        lloco_op_lora(bbs[b].be, x, m, sh->k, sh->n, rows, y);
+        const double err = max_rel_err(y_ref, y, (size_t)m * sh->n);
+        const int ok = err < 1e-4;
+        const double s = time_lora(bbs[b].be, x, m, sh->k, sh->n, rows, y);
+        const double base =
+            time_matmul(bbs[b].be, &w, 1, LLOCO_DTYPE_Q4_1, sh->n, sh->k, x, m, y, 1 << 20);
+        printf("{\"bench\":\"lora\",\"backend\":\"%s\",\"describe\":\"%s\",\"threads\":%d,"
+               "\"dtype\":\"%s\",\"shape\":\"%s\",\"n\":%d,\"k\":%d,\"rank\":%d,\"m\":%d,"
+               "\"adapters\":%d,\"us\":%.2f,\"gflops\":%.2f,\"adapter_gbps\":%.2f,"
+               "\"q4_1_matmul_us\":%.2f,\"max_rel_err\":%.3g,\"check\":\"%s\"}\n",
+               bbs[b].label, lloco_backend_describe(bbs[b].be), lloco_backend_n_threads(bbs[b].be),
+               lloco_dtype_name(t), sh->name, sh->n, sh->k, rank, m, n_ad, s * 1e6, flop / s * 1e-9,
+               bytes / s * 1e-9, base * 1e6, err, ok ? "ok" : "FAIL");
+        fflush(stdout);
+        fprintf(stderr,
+                "lora %-4s %-12s r=%-3d m=%-4d adapters=%-4d %-24s %9.1f us %7.2f GF/s %6.2f GB/s"
+                "  (q4_1 matmul %8.1f us)%s\n",
+                lloco_dtype_name(t), sh->name, rank, m, n_ad, lloco_backend_describe(bbs[b].be),
+                s * 1e6, flop / s * 1e-9, bytes / s * 1e-9, base * 1e6, ok ? "" : "  CHECK FAILED");
+        if (!ok) any_failed = 1;
+        last = s;
+    }
+    for (int a = 0; a < n_ad; a++) free(ad[a].a), free(ad[a].bt);
+    free(ad), free(rows), free(x), free(y_ref), free(y), free(w);
+    return last;
+}
+
+/* Merging a rank-`rank` F32 pair into Q4_1 weights of one shape (what
+ * lloco_decoder_merge_adapter does per target): the same bytes as cpu-ref,
+ * then the time. Returns the last backend's seconds. */
+static double bench_lora_merge(bench_backend *bbs, int nbb, const shape *sh, int rank) {
+    bench_lora_pair p;
+    lora_pair_make(&p, LLOCO_DTYPE_F32, rank, sh->k, sh->n);
+    const size_t wb = lloco_dtype_row_bytes(LLOCO_DTYPE_Q4_1, sh->k) * sh->n;
+    uint8_t *w = xmalloc(wb), *d_ref = xmalloc(wb), *d = xmalloc(wb);
+    make_weights(LLOCO_DTYPE_Q4_1, sh->n, sh->k, w);
+    lloco_op_lora_merge(bbs[0].be, w, LLOCO_DTYPE_Q4_1, &p.mat, d_ref, LLOCO_DTYPE_Q4_1);
+    double last = 0;
+    for (int b = 1; b < nbb; b++) {
+        lloco_op_lora_merge(bbs[b].be, w, LLOCO_DTYPE_Q4_1, &p.mat, d, LLOCO_DTYPE_Q4_1);
+        const int ok = memcmp(d, d_ref, wb) == 0;
+        const double s = time_merge(bbs[b].be, w, &p.mat, d);
+        printf("{\"bench\":\"lora_merge\",\"backend\":\"%s\",\"describe\":\"%s\",\"threads\":%d,"
+               "\"weights\":\"q4_1\",\"adapter\":\"f32\",\"shape\":\"%s\",\"n\":%d,\"k\":%d,"
+               "\"rank\":%d,\"us\":%.2f,\"check\":\"%s\"}\n",
+               bbs[b].label, lloco_backend_describe(bbs[b].be), lloco_backend_n_threads(bbs[b].be),
+               sh->name, sh->n, sh->k, rank, s * 1e6, ok ? "ok" : "FAIL");
+        fflush(stdout);
+        fprintf(stderr, "lora merge q4_1 %-12s r=%-3d %-24s %9.1f us%s\n", sh->name, rank,
+                lloco_backend_describe(bbs[b].be), s * 1e6, ok ? "" : "  CHECK FAILED (bytes differ)");
+        if (!ok) any_failed = 1;
+        last = s;
+    }
+    free(p.a), free(p.bt), free(w), free(d_ref), free(d);
+    return last;
+}
+
+static void bench_lora_all(bench_backend *bbs, int nbb, int quick) {
+    const shape *q = &decode_shapes[0], *kv = &decode_shapes[1], *up = &decode_shapes[2],
+                *down = &decode_shapes[3];
+    /* decode: one token per sequence, 8 sequences on 1, 4 or 8 adapters */
+    const int ranks[] = {8, 16, 64};
+    for (size_t r = 0; r < LLOCO_ARRAY_LEN(ranks); r++) {
+        if (quick && r) continue;
+        for (int n_ad = 1; n_ad <= 8; n_ad *= n_ad == 1 ? 4 : 2) {
+            bench_lora(bbs, nbb, q, LLOCO_DTYPE_F32, ranks[r], 8, n_ad);
+            if (!quick) bench_lora(bbs, nbb, up, LLOCO_DTYPE_F32, ranks[r], 8, n_ad);
+        }
+    }
+    bench_lora(bbs, nbb, q, LLOCO_DTYPE_F16, 16, 8, 8);
+    /* prefill: 512 rows of one adapter, and 4 sequences of 128 on 4 */
+    bench_lora(bbs, nbb, q, LLOCO_DTYPE_F32, 16, quick ? 64 : 512, 1);
+    if (!quick) {
+        bench_lora(bbs, nbb, up, LLOCO_DTYPE_F32, 16, 512, 1);
+        bench_lora(bbs, nbb, q, LLOCO_DTYPE_F32, 16, 512, 4);
+    }
+    /* per decoded token (m = 1) with LLoCO's r=8 q/k/v/o adapter, and with
+     * r=16 on all seven projections, over 30 layers */
+    const double t_q = bench_lora(bbs, nbb, q, LLOCO_DTYPE_F32, 8, 1, 1);
+    const double t_kv = bench_lora(bbs, nbb, kv, LLOCO_DTYPE_F32, 8, 1, 1);
+    double t_all = 0;
+    if (!quick)
+        t_all = 2 * bench_lora(bbs, nbb, q, LLOCO_DTYPE_F32, 16, 1, 1) +
+                2 * bench_lora(bbs, nbb, kv, LLOCO_DTYPE_F32, 16, 1, 1) +
+                2 * bench_lora(bbs, nbb, up, LLOCO_DTYPE_F32, 16, 1, 1) +
+                bench_lora(bbs, nbb, down, LLOCO_DTYPE_F32, 16, 1, 1);
+    /* the swap cost of merged mode: every target of every layer merged */
+    const double m_q = bench_lora_merge(bbs, nbb, q, 8), m_kv = bench_lora_merge(bbs, nbb, kv, 8);
+    double m_all = 0;
+    if (!quick)
+        m_all = 2 * bench_lora_merge(bbs, nbb, q, 16) + 2 * bench_lora_merge(bbs, nbb, kv, 16) +
+                2 * bench_lora_merge(bbs, nbb, up, 16) + bench_lora_merge(bbs, nbb, down, 16);
+    const char *desc = lloco_backend_describe(bbs[nbb - 1].be);
+    fprintf(stderr, "\nLoRA per decoded token, unmerged (30 layers, m=1, %s):\n", desc);
+    fprintf(stderr, "  r=8 on q/k/v/o (LLoCO)  %7.3f ms\n", 30 * (2 * t_q + 2 * t_kv) * 1e3);
+    if (!quick) fprintf(stderr, "  r=16 on all seven      %7.3f ms\n", 30 * t_all * 1e3);
+    fprintf(stderr, "swapping a merged adapter into Q4_1 weights (30 layers, %s):\n", desc);
+    fprintf(stderr, "  r=8 on q/k/v/o          %7.1f ms\n", 30 * (2 * m_q + 2 * m_kv) * 1e3);
+    if (!quick) fprintf(stderr, "  r=16 on all seven       %7.1f ms\n", 30 * m_all * 1e3);
+    printf("{\"bench\":\"lora_summary\",\"describe\":\"%s\",\"token_ms_r8_qkvo\":%.4f,"
+           "\"token_ms_r16_all\":%.4f,\"swap_ms_r8_qkvo\":%.2f,\"swap_ms_r16_all\":%.2f}\n",
+           desc, 30 * (2 * t_q + 2 * t_kv) * 1e3, 30 * t_all * 1e3, 30 * (2 * m_q + 2 * m_kv) * 1e3,
+           30 * m_all * 1e3);
+}
+
 int main(int argc, char **argv) {
     int quick = 0, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     for (int i = 1; i < argc; i++) {
@@ -242,6 +418,7 @@ int main(int argc, char **argv) {
         }
     bench_attention(bbs, nbb, 1, quick ? 511 : 2047);
     bench_attention(bbs, nbb, quick ? 128 : 512, 0);
+    bench_lora_all(bbs, nbb, quick);
 
     if (!quick) {
         fprintf(stderr,

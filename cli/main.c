@@ -7,18 +7,26 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "decoder/decoder.h"
 
 #define MAX_STOPS 16
 
 static const char *prog = "lloco";
 
-static int fail(int rc) {
+int cli_fail(int rc) {
     fprintf(stderr, "%s: error: %s\n", prog, lloco_last_error());
     return rc == LLOCO_ERR_NOTFOUND ? 3 : 1;
 }
 
-static int usage_error(const char *fmt, const char *arg) {
+const char *cli_default_model(const char *rel) {
+    static char buf[4096];
+    const char *dir = getenv("LLOCO_MODELS");
+    snprintf(buf, sizeof buf, "%s/%s", dir && *dir ? dir : LLOCO_DEFAULT_MODELS_DIR, rel);
+    return buf;
+}
+
+int cli_usage_error(const char *fmt, const char *arg) {
     fprintf(stderr, "%s: ", prog);
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\nrun '%s help' for usage\n", prog);
@@ -33,10 +41,16 @@ static void usage(FILE *f) {
             "  generate -m MODEL -p TEXT   generate a continuation, streamed to stdout\n"
             "  chat -m MODEL               interactive chat (one line per user turn)\n"
             "  inspect FILE|DIR            architecture, hyper-parameters, tokenizer, tensors\n"
+            "  ingest --store DIR FILE...  compress documents (.txt .md .jsonl, - for stdin)\n"
+            "                              into the store\n"
+            "  search --store DIR QUESTION ranked chunks for a question\n"
+            "  stats --store DIR           what the store holds and how it was encoded\n"
+            "  reindex --store DIR         rebuild the search index from the store\n"
             "  help                        this text\n"
             "\n"
             "generation options (generate, chat):\n"
-            "  -m, --model PATH    .gguf file or safetensors directory\n"
+            "  -m, --model PATH    .gguf file or safetensors directory (default: the\n"
+            "                      embedded SmolLM2-135M-Instruct that setup fetches)\n"
             "  -p, --prompt TEXT   prompt (generate); '-' reads it from stdin\n"
             "  -n, --max-tokens N  tokens to generate (default 128)\n"
             "      --temp T        temperature; 0 = greedy (default 0)\n"
@@ -67,7 +81,7 @@ typedef struct {
     int n_stops;
 } gen_opts;
 
-static int parse_int(const char *s, long lo, long hi, int *out) {
+int cli_parse_int(const char *s, long lo, long hi, int *out) {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
@@ -76,7 +90,7 @@ static int parse_int(const char *s, long lo, long hi, int *out) {
     return 0;
 }
 
-static int parse_float(const char *s, double lo, double hi, float *out) {
+int cli_parse_float(const char *s, double lo, double hi, float *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
@@ -97,7 +111,7 @@ static int parse_gen_opts(int argc, char **argv, gen_opts *o) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define NEED_VALUE()                                                     \
     do {                                                                 \
-        if (!v) return usage_error("option %s needs a value", a);        \
+        if (!v) return cli_usage_error("option %s needs a value", a);        \
         i++;                                                             \
     } while (0)
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
@@ -111,44 +125,44 @@ static int parse_gen_opts(int argc, char **argv, gen_opts *o) {
             o->system = v;
         } else if (!strcmp(a, "-n") || !strcmp(a, "--max-tokens")) {
             NEED_VALUE();
-            if (parse_int(v, 0, 1 << 20, &o->max_tokens)) return usage_error("bad -n value '%s'", v);
+            if (cli_parse_int(v, 0, 1 << 20, &o->max_tokens)) return cli_usage_error("bad -n value '%s'", v);
         } else if (!strcmp(a, "--temp")) {
             NEED_VALUE();
-            if (parse_float(v, 0, 100, &o->sp.temperature)) return usage_error("bad --temp value '%s'", v);
+            if (cli_parse_float(v, 0, 100, &o->sp.temperature)) return cli_usage_error("bad --temp value '%s'", v);
         } else if (!strcmp(a, "--top-k")) {
             NEED_VALUE();
-            if (parse_int(v, 0, 1 << 24, &o->sp.top_k)) return usage_error("bad --top-k value '%s'", v);
+            if (cli_parse_int(v, 0, 1 << 24, &o->sp.top_k)) return cli_usage_error("bad --top-k value '%s'", v);
         } else if (!strcmp(a, "--top-p")) {
             NEED_VALUE();
-            if (parse_float(v, 1e-6, 1, &o->sp.top_p)) return usage_error("bad --top-p value '%s' (0 < p <= 1)", v);
+            if (cli_parse_float(v, 1e-6, 1, &o->sp.top_p)) return cli_usage_error("bad --top-p value '%s' (0 < p <= 1)", v);
         } else if (!strcmp(a, "--seed")) {
             NEED_VALUE();
             char *end;
             errno = 0;
             o->sp.seed = strtoull(v, &end, 10);
-            if (errno || end == v || *end) return usage_error("bad --seed value '%s'", v);
+            if (errno || end == v || *end) return cli_usage_error("bad --seed value '%s'", v);
         } else if (!strcmp(a, "--stop")) {
             NEED_VALUE();
-            if (!*v) return usage_error("empty --stop string%s", "");
-            if (o->n_stops == MAX_STOPS) return usage_error("at most 16 --stop strings%s", "");
+            if (!*v) return cli_usage_error("empty --stop string%s", "");
+            if (o->n_stops == MAX_STOPS) return cli_usage_error("at most 16 --stop strings%s", "");
             o->stops[o->n_stops++] = v;
         } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
             NEED_VALUE();
-            if (parse_int(v, 1, 1024, &o->threads)) return usage_error("bad --threads value '%s'", v);
+            if (cli_parse_int(v, 1, 1024, &o->threads)) return cli_usage_error("bad --threads value '%s'", v);
         } else if (!strcmp(a, "--ctx")) {
             NEED_VALUE();
-            if (parse_int(v, 1, 1 << 24, &o->ctx)) return usage_error("bad --ctx value '%s'", v);
+            if (cli_parse_int(v, 1, 1 << 24, &o->ctx)) return cli_usage_error("bad --ctx value '%s'", v);
         } else if (!strcmp(a, "--backend")) {
             NEED_VALUE();
             if (!strcmp(v, "cpu")) o->backend = LLOCO_BACKEND_CPU;
             else if (!strcmp(v, "cpu-ref")) o->backend = LLOCO_BACKEND_CPU_REF;
             else if (!strcmp(v, "cuda")) o->backend = LLOCO_BACKEND_CUDA;
-            else return usage_error("bad --backend '%s' (cpu, cpu-ref or cuda)", v);
+            else return cli_usage_error("bad --backend '%s' (cpu, cpu-ref or cuda)", v);
         } else if (!strcmp(a, "--kv-type")) {
             NEED_VALUE();
             if (!strcmp(v, "f16")) o->kv_type = LLOCO_DTYPE_F16;
             else if (!strcmp(v, "f32")) o->kv_type = LLOCO_DTYPE_F32;
-            else return usage_error("bad --kv-type '%s' (f16 or f32)", v);
+            else return cli_usage_error("bad --kv-type '%s' (f16 or f32)", v);
         } else if (!strcmp(a, "--ids-out")) {
             NEED_VALUE();
             o->ids_out = v;
@@ -162,11 +176,11 @@ static int parse_gen_opts(int argc, char **argv, gen_opts *o) {
         } else if (!strcmp(a, "--stats")) {
             o->stats = 1;
         } else {
-            return usage_error("unknown option '%s'", a);
+            return cli_usage_error("unknown option '%s'", a);
         }
 #undef NEED_VALUE
     }
-    if (!o->model) return usage_error("missing -m MODEL%s", "");
+    if (!o->model) o->model = cli_default_model(DEFAULT_MODEL_FILE);
     return 0;
 }
 
@@ -295,17 +309,17 @@ static int cmd_generate(int argc, char **argv) {
     gen_opts o;
     int rc = parse_gen_opts(argc, argv, &o);
     if (rc) return rc;
-    if (!o.prompt) return usage_error("missing -p PROMPT%s", "");
+    if (!o.prompt) return cli_usage_error("missing -p PROMPT%s", "");
     char *stdin_text = NULL;
     if (!strcmp(o.prompt, "-")) {
         stdin_text = read_stdin();
-        if (!stdin_text) return fail(lloco_error(LLOCO_ERR_IO, "cannot read the prompt from stdin"));
+        if (!stdin_text) return cli_fail(lloco_error(LLOCO_ERR_IO, "cannot read the prompt from stdin"));
         o.prompt = stdin_text;
     }
     session s;
     if ((rc = session_open(&s, &o))) {
         free(stdin_text);
-        return fail(rc);
+        return cli_fail(rc);
     }
     const lloco_tokenizer *tok = lloco_model_tokenizer(s.model);
     char *prompt = NULL;
@@ -335,7 +349,7 @@ static int cmd_generate(int argc, char **argv) {
     free(prompt);
     free(stdin_text);
     session_close(&s);
-    return rc ? fail(rc) : 0;
+    return rc ? cli_fail(rc) : 0;
 }
 
 /* Interactive chat: the conversation is re-rendered each turn, and the
@@ -346,7 +360,7 @@ static int cmd_chat(int argc, char **argv) {
     if (rc) return rc;
     o.chat = 1;
     session s;
-    if ((rc = session_open(&s, &o))) return fail(rc);
+    if ((rc = session_open(&s, &o))) return cli_fail(rc);
     lloco_chat_format fmt = lloco_chat_detect(s.model);
     int interactive = isatty(STDIN_FILENO);
     lloco_chat_msg *msgs = NULL;
@@ -424,13 +438,13 @@ static int cmd_chat(int argc, char **argv) {
     free(cached);
     free(gen);
     session_close(&s);
-    return rc ? fail(rc) : 0;
+    return rc ? cli_fail(rc) : 0;
 }
 
 static int cmd_inspect(int argc, char **argv) {
-    if (argc != 1) return usage_error("usage: lloco inspect FILE|DIR%s", "");
+    if (argc != 1) return cli_usage_error("usage: lloco inspect FILE|DIR%s", "");
     int rc = lloco_model_inspect(argv[0], stdout);
-    return rc ? fail(rc) : 0;
+    return rc ? cli_fail(rc) : 0;
 }
 
 int main(int argc, char **argv) {
@@ -446,5 +460,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
     if (!strcmp(cmd, "chat")) return cmd_chat(argc - 2, argv + 2);
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 2, argv + 2);
-    return usage_error("unknown command '%s'", cmd);
+    if (!strcmp(cmd, "ingest")) return cmd_ingest(argc - 2, argv + 2);
+    if (!strcmp(cmd, "search")) return cmd_search(argc - 2, argv + 2);
+    if (!strcmp(cmd, "stats")) return cmd_stats(argc - 2, argv + 2);
+    if (!strcmp(cmd, "reindex")) return cmd_reindex(argc - 2, argv + 2);
+    return cli_usage_error("unknown command '%s'", cmd);
 }

@@ -30,7 +30,9 @@ typedef struct lloco_st lloco_st;
 
 typedef struct {
     const char *name;  /* NUL-terminated, owned by the reader */
-    lloco_dtype type;  /* F32, F16 or BF16 (others are refused on open) */
+    lloco_dtype type;  /* F32, F16 or BF16; LLOCO_DTYPE_COUNT marks the file's
+                          other dtypes (I64, U8, F64...): listed and size-checked,
+                          but no weight, so users refuse them */
     int n_dims;        /* 0..4 */
     int64_t shape[4];  /* safetensors order: shape[n_dims-1] is contiguous */
     const void *data;
@@ -49,6 +51,40 @@ const lloco_st_tensor *lloco_st_find(const lloco_st *st, const char *name);
 int lloco_st_n_shards(const lloco_st *st);
 /* Value of a "__metadata__" string entry of the first shard, or NULL. */
 const char *lloco_st_metadata(const lloco_st *st, const char *key);
+
+/* ---- GGUF ---------------------------------------------------------------- */
+
+/* Reader for GGUF v2/v3 files (also used by the LoRA loader for llama.cpp
+ * adapters). The file is mapped and every offset and size checked on open.
+ *
+ * Ownership: everything returned (tensor names and data, strings) points
+ * into the mapping and is valid until lloco_gguf_close(). Strings returned
+ * as (ptr, len) are NOT NUL-terminated. */
+typedef struct lloco_gguf lloco_gguf;
+
+typedef struct {
+    const char *name; /* NUL-terminated copy owned by the reader */
+    lloco_dtype type;
+    int n_dims;       /* 1..4 */
+    int64_t ne[4];    /* ne[0] is the contiguous dimension; unused dims = 1 */
+    const void *data; /* inside the mapping, aligned as the file declares */
+    size_t nbytes;
+} lloco_gguf_tensor;
+
+/* Opens and validates path. On failure returns a negative code with a
+ * lloco_error() detail naming the file and the problem (e.g. "tensor
+ * 'blk.3.attn_q.weight' data [off, off+len) beyond end of file (size N)"). */
+int lloco_gguf_open(const char *path, lloco_gguf **out);
+void lloco_gguf_close(lloco_gguf *g);
+/* Index of a metadata key (exact name), or -1 when absent. */
+int64_t lloco_gguf_find_key(const lloco_gguf *g, const char *key);
+/* Metadata by exact key: 0, LLOCO_ERR_NOTFOUND (absent) or LLOCO_ERR_TYPE
+ * (another type). get_f32 accepts FLOAT32 and FLOAT64. */
+int lloco_gguf_get_f32(const lloco_gguf *g, const char *key, float *out);
+int lloco_gguf_get_str(const lloco_gguf *g, const char *key, const char **s, size_t *len);
+int64_t lloco_gguf_n_tensors(const lloco_gguf *g);
+const lloco_gguf_tensor *lloco_gguf_tensor_at(const lloco_gguf *g, int64_t i);
+const lloco_gguf_tensor *lloco_gguf_find_tensor(const lloco_gguf *g, const char *name);
 
 /* ---- tokenizer ---------------------------------------------------------- */
 
@@ -204,6 +240,52 @@ int lloco_kv_max(const lloco_kv *kv);
 void lloco_kv_truncate(lloco_kv *kv, int n);
 size_t lloco_kv_bytes(const lloco_kv *kv);
 
+/* ---- LoRA adapters -------------------------------------------------------- */
+
+/* The projections of a LLaMA layer a LoRA adapter can target (PEFT's q_proj,
+ * k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj). */
+typedef enum {
+    LLOCO_PROJ_Q = 0,
+    LLOCO_PROJ_K,
+    LLOCO_PROJ_V,
+    LLOCO_PROJ_O,
+    LLOCO_PROJ_GATE,
+    LLOCO_PROJ_UP,
+    LLOCO_PROJ_DOWN,
+    LLOCO_PROJ_COUNT
+} lloco_proj;
+
+/* PEFT's module name of a projection ("q_proj", ...). */
+const char *lloco_proj_name(lloco_proj p);
+/* Output and input features of projection p in model m (the n and k its
+ * lloco_lora_mat must have). */
+void lloco_proj_dims(const lloco_model *m, lloco_proj p, int *n_out, int *k_in);
+/* 1 when the model's q and k weight rows are in GGML's RoPE order (a GGUF
+ * llama/mistral file: llama.cpp's converter interleaves each head's two
+ * rotate_half halves), 0 when they are in HF order. Output j of such a
+ * projection of head size hd is HF output (j / hd) * hd + (j % 2) * (hd / 2)
+ * + (j % hd) / 2. */
+int lloco_model_qk_permuted(const lloco_model *m);
+
+typedef struct {
+    const lloco_lora_mat *proj[LLOCO_PROJ_COUNT]; /* NULL: projection not adapted */
+} lloco_adapter_layer;
+
+/* What the forward pass applies for one adapter: per layer and projection a
+ * LoRA pair or NULL. Filled by lora_bank/ (lloco_lora_view) or by hand.
+ * For a model whose q/k rows are permuted for GGML's RoPE (see
+ * lloco_model_qk_permuted) the columns of q's and k's bt must be permuted
+ * the same way, and qk_permuted says they are (lora_bank does both).
+ * Ownership: the view and everything it points to are borrowed by the
+ * decoder for the duration of each call that receives it (and, in merged
+ * mode, until the next lloco_decoder_merge_adapter call). */
+typedef struct {
+    const char *name;                  /* for messages */
+    int n_layer;                       /* must equal the model's */
+    const lloco_adapter_layer *layers; /* (n_layer) */
+    int qk_permuted;                   /* must equal lloco_model_qk_permuted() */
+} lloco_adapter_view;
+
 /* ---- forward pass ------------------------------------------------------- */
 
 typedef struct lloco_decoder lloco_decoder;
@@ -237,12 +319,40 @@ typedef struct {
     const int32_t *out_idx; /* [n_out]; NULL with n_out == 1 means the last */
     float *logits;          /* [n_out][n_vocab] or NULL */
     float *hidden;          /* [n_out][d_model] after the final norm, or NULL */
+    /* The LoRA adapter this sequence decodes with; NULL = the base model.
+     * Sequences of one call may use different adapters (or none): each
+     * targeted matmul runs once over all rows, then one batched LoRA op
+     * adds every row's own update. A sequence's cache is only meaningful
+     * with the adapter it was filled with. */
+    const lloco_adapter_view *adapter;
 } lloco_seq_batch;
 
 /* Runs all sequences' new positions through the model together (matmuls
  * over the concatenated rows; attention per sequence against its own cache)
- * and appends them to the caches. On error no cache has grown. */
+ * and appends them to the caches. A sequence's outputs do not depend on the
+ * other sequences of the call. On error no cache has grown;
+ * LLOCO_ERR_MISMATCH when an adapter does not fit the model or, in merged
+ * mode, is not the merged one. */
 int lloco_decoder_forward(lloco_decoder *d, lloco_seq_batch *seqs, int n_seqs);
+
+/* Merged mode, for a workload that uses one adapter: the decoder computes
+ * W + scale·B·A for every projection the adapter targets, once, into
+ * weights it owns, so the forward pass costs what the base model costs.
+ * F32/F16/BF16 and Q8_0/Q4_0/Q4_1 weights are rebuilt in their own type
+ * (quantized rows dequantized, updated and requantized with GGML's
+ * reference rounding, so the merged weights carry one more rounding than
+ * the unmerged path); K-quant weights (no quantizer here) become Q8_0.
+ * While an adapter is merged every sequence must name that same view in
+ * its `adapter` field (it is not applied a second time). a = NULL goes
+ * back to the base weights and frees the merged ones; merging another
+ * adapter replaces the current one, reusing its buffers. The time this
+ * takes is the swap cost (bench/benchmark-kernels measures the op).
+ * On error the decoder is back on the base weights. */
+int lloco_decoder_merge_adapter(lloco_decoder *d, const lloco_adapter_view *a);
+/* The merged adapter, or NULL. */
+const lloco_adapter_view *lloco_decoder_merged_adapter(const lloco_decoder *d);
+/* Bytes of merged weights the decoder holds. */
+size_t lloco_decoder_merged_bytes(const lloco_decoder *d);
 
 /* ---- sampling ----------------------------------------------------------- */
 
@@ -280,6 +390,7 @@ typedef struct {
     int (*on_text)(const char *text, size_t len, void *user);
     void *user;
     float *prompt_logits; /* optional [n_vocab]: logits after the prompt */
+    const lloco_adapter_view *adapter; /* LoRA adapter, or NULL (see lloco_seq_batch) */
 } lloco_generate_params;
 
 typedef struct {

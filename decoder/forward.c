@@ -2,9 +2,12 @@
  * positions of all sequences are concatenated into one step of at most
  * max_batch_tokens rows, so every matmul sees the whole batch; attention runs
  * per sequence against its own KV cache. Prefill and decode are the same
- * code path (decode is a step of one row per sequence).
+ * code path (decode is a step of one row per sequence). Each sequence may
+ * carry its own LoRA adapter, applied by one batched op after each targeted
+ * matmul, or the decoder may run on weights with one adapter merged in.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +20,13 @@ struct lloco_decoder {
     const lloco_model *m;
     lloco_backend *be;
     int cap; /* rows per step */
+    /* (n_layer) the weights the forward pass reads: the model's, or in
+     * merged mode merged ones for the adapter's targets */
+    lloco_layer *layers;
+    const lloco_adapter_view *merged;
+    void **merge_buf;     /* (n_layer * LLOCO_PROJ_COUNT) merged weights, or NULL */
+    size_t *merge_bytes;  /* their sizes */
+    const lloco_lora_mat **lora_rows; /* (cap) each row's pair for one projection */
     float *x;     /* (cap, d_model) residual stream */
     float *xb;    /* (cap, d_model) normed input of a block */
     float *q;     /* (cap, n_head*head_dim) */
@@ -41,6 +51,14 @@ typedef struct {
     int row; /* first row in the step */
 } piece;
 
+static void free_merged(lloco_decoder *d) {
+    for (int i = 0; d->merge_buf && i < d->m->hp.n_layer * LLOCO_PROJ_COUNT; i++) {
+        free(d->merge_buf[i]);
+        d->merge_buf[i] = NULL;
+        d->merge_bytes[i] = 0;
+    }
+}
+
 void lloco_decoder_params_default(lloco_decoder_params *p) {
     p->backend = LLOCO_BACKEND_CPU;
     p->n_threads = 0;
@@ -49,6 +67,11 @@ void lloco_decoder_params_default(lloco_decoder_params *p) {
 
 void lloco_decoder_free(lloco_decoder *d) {
     if (!d) return;
+    free_merged(d);
+    free(d->merge_buf);
+    free(d->merge_bytes);
+    free(d->layers);
+    free(d->lora_rows);
     lloco_backend_free(d->be);
     free(d->x);
     free(d->xb);
@@ -101,11 +124,17 @@ int lloco_decoder_create(const lloco_model *m, const lloco_decoder_params *p, ll
     d->ids = malloc(sizeof(int32_t) * c);
     d->logit_buf = alloc_f32(LOGIT_ROWS, (size_t)hp->n_vocab);
     d->out_x = alloc_f32(LOGIT_ROWS, (size_t)hp->d_model);
+    d->lora_rows = malloc(sizeof *d->lora_rows * c);
+    d->layers = malloc(sizeof *d->layers * (size_t)hp->n_layer);
+    d->merge_buf = calloc((size_t)hp->n_layer * LLOCO_PROJ_COUNT, sizeof *d->merge_buf);
+    d->merge_bytes = calloc((size_t)hp->n_layer * LLOCO_PROJ_COUNT, sizeof *d->merge_bytes);
     if (!d->x || !d->xb || !d->tmp || !d->q || !d->att || !d->k || !d->v || !d->gate || !d->up ||
-        !d->pos || !d->ids || !d->logit_buf || !d->out_x) {
+        !d->pos || !d->ids || !d->logit_buf || !d->out_x || !d->lora_rows || !d->layers ||
+        !d->merge_buf || !d->merge_bytes) {
         lloco_decoder_free(d);
         return lloco_error(LLOCO_ERR_NOMEM, "out of memory for decoder buffers");
     }
+    memcpy(d->layers, m->layers, sizeof *d->layers * (size_t)hp->n_layer);
     *out = d;
     return 0;
 }
@@ -115,6 +144,23 @@ const lloco_model *lloco_decoder_model(const lloco_decoder *d) { return d->m; }
 
 static void matmul(lloco_decoder *d, const lloco_weight *w, const float *x, int m, float *y) {
     lloco_op_matmul(d->be, w->data, w->type, w->rows, w->cols, x, m, y);
+}
+
+/* Adds each row's LoRA update for projection p of layer l (x: the
+ * projection's input rows, y: its output rows). */
+static void apply_lora(lloco_decoder *d, const piece *pc, int n_pieces, int rows, int l,
+                       lloco_proj p, const float *x, float *y) {
+    if (d->merged) return; /* in the weights already */
+    int any = 0;
+    for (int i = 0; i < n_pieces; i++) {
+        const lloco_adapter_view *a = pc[i].seq->adapter;
+        const lloco_lora_mat *mat = a ? a->layers[l].proj[p] : NULL;
+        for (int r = 0; r < pc[i].len; r++) d->lora_rows[pc[i].row + r] = mat;
+        any |= mat != NULL;
+    }
+    if (!any) return;
+    const lloco_weight *w = lloco_layer_proj_const(&d->layers[l], p);
+    lloco_op_lora(d->be, x, rows, w->cols, w->rows, d->lora_rows, y);
 }
 
 static void add_bias(float *y, const float *b, int m, int n) {
@@ -193,7 +239,7 @@ static void run_step(lloco_decoder *d, piece *pc, int n_pieces, int rows) {
     float scale = 1.0f / sqrtf((float)hd);
     int neox = hp->rope_mode == LLOCO_ROPE_NEOX;
     for (int l = 0; l < hp->n_layer; l++) {
-        const lloco_layer *L = &m->layers[l];
+        const lloco_layer *L = &d->layers[l];
         lloco_op_rmsnorm(be, d->x, L->attn_norm, rows, dm, hp->rms_eps, d->xb);
         matmul(d, &L->wq, d->xb, rows, d->q);
         matmul(d, &L->wk, d->xb, rows, d->k);
@@ -201,6 +247,10 @@ static void run_step(lloco_decoder *d, piece *pc, int n_pieces, int rows) {
         add_bias(d->q, L->bq, rows, qd);
         add_bias(d->k, L->bk, rows, kvd);
         add_bias(d->v, L->bv, rows, kvd);
+        /* PEFT adds the update to the base layer's output, bias included */
+        apply_lora(d, pc, n_pieces, rows, l, LLOCO_PROJ_Q, d->xb, d->q);
+        apply_lora(d, pc, n_pieces, rows, l, LLOCO_PROJ_K, d->xb, d->k);
+        apply_lora(d, pc, n_pieces, rows, l, LLOCO_PROJ_V, d->xb, d->v);
         lloco_op_rope(be, d->q, rows, hp->n_head, hd, hp->rope_dim, d->pos, &m->rope, neox);
         lloco_op_rope(be, d->k, rows, hp->n_head_kv, hd, hp->rope_dim, d->pos, &m->rope, neox);
         for (int p = 0; p < n_pieces; p++) {
@@ -215,13 +265,17 @@ static void run_step(lloco_decoder *d, piece *pc, int n_pieces, int rows) {
                                d->att + (size_t)pc[p].row * qd);
         }
         matmul(d, &L->wo, d->att, rows, d->tmp);
+        apply_lora(d, pc, n_pieces, rows, l, LLOCO_PROJ_O, d->att, d->tmp);
         lloco_op_add(be, d->x, d->tmp, (int64_t)rows * dm);
 
         lloco_op_rmsnorm(be, d->x, L->ffn_norm, rows, dm, hp->rms_eps, d->xb);
         matmul(d, &L->w_gate, d->xb, rows, d->gate);
         matmul(d, &L->w_up, d->xb, rows, d->up);
+        apply_lora(d, pc, n_pieces, rows, l, LLOCO_PROJ_GATE, d->xb, d->gate);
+        apply_lora(d, pc, n_pieces, rows, l, LLOCO_PROJ_UP, d->xb, d->up);
         lloco_op_silu_mul(be, d->gate, d->up, d->gate, (int64_t)rows * hp->d_ff);
         matmul(d, &L->w_down, d->gate, rows, d->tmp);
+        apply_lora(d, pc, n_pieces, rows, l, LLOCO_PROJ_DOWN, d->gate, d->tmp);
         lloco_op_add(be, d->x, d->tmp, (int64_t)rows * dm);
     }
     step_outputs(d, pc, n_pieces);
@@ -252,9 +306,25 @@ static int check_seq(const lloco_model *m, const lloco_seq_batch *s, int i) {
     return 0;
 }
 
+/* The adapter a sequence names must fit the model, and be the merged one
+ * in merged mode. */
+static int check_adapter(const lloco_decoder *d, const lloco_seq_batch *s, int i) {
+    char who[32];
+    snprintf(who, sizeof who, "sequence %d", i);
+    if (d->merged && s->adapter != d->merged)
+        return lloco_error(LLOCO_ERR_MISMATCH,
+                           "%s: adapter '%s' requested, but the decoder has adapter '%s' merged",
+                           who, s->adapter ? (s->adapter->name ? s->adapter->name : "(unnamed)")
+                                           : "(none)",
+                           d->merged->name ? d->merged->name : "(unnamed)");
+    if (!s->adapter || d->merged) return 0;
+    return lloco_adapter_check(d->m, s->adapter, who);
+}
+
 int lloco_decoder_forward(lloco_decoder *d, lloco_seq_batch *seqs, int n_seqs) {
     for (int i = 0; i < n_seqs; i++) {
         int rc = check_seq(d->m, &seqs[i], i);
+        if (!rc) rc = check_adapter(d, &seqs[i], i);
         if (rc) return rc;
         for (int j = 0; j < i; j++)
             if (seqs[j].kv == seqs[i].kv && seqs[i].n)
@@ -285,4 +355,81 @@ int lloco_decoder_forward(lloco_decoder *d, lloco_seq_batch *seqs, int n_seqs) {
     if (rows) run_step(d, pc, n_pieces, rows);
     free(pc);
     return 0;
+}
+
+/* ---- merged mode ---------------------------------------------------------- */
+
+/* The type a merged weight is stored in: its own, when rows of it can be
+ * quantized again; Q8_0 for the K-quants, the finest type that can. */
+static lloco_dtype merged_type(lloco_dtype t) {
+    switch (t) {
+    case LLOCO_DTYPE_F32:
+    case LLOCO_DTYPE_F16:
+    case LLOCO_DTYPE_BF16:
+    case LLOCO_DTYPE_Q8_0:
+    case LLOCO_DTYPE_Q4_0:
+    case LLOCO_DTYPE_Q4_1: return t;
+    default: return LLOCO_DTYPE_Q8_0;
+    }
+}
+
+int lloco_decoder_merge_adapter(lloco_decoder *d, const lloco_adapter_view *a) {
+    const lloco_model *m = d->m;
+    const int nl = m->hp.n_layer;
+    if (a) {
+        int rc = lloco_adapter_check(m, a, "merge");
+        if (rc) return rc;
+    }
+    memcpy(d->layers, m->layers, sizeof *d->layers * (size_t)nl);
+    d->merged = NULL;
+    if (!a) {
+        free_merged(d);
+        return 0;
+    }
+    /* Every target into its buffer first, then the weights switch over, so
+     * a failure leaves the base weights in place. */
+    for (int l = 0; l < nl; l++) {
+        for (int p = 0; p < LLOCO_PROJ_COUNT; p++) {
+            const int i = l * LLOCO_PROJ_COUNT + p;
+            const lloco_lora_mat *mat = a->layers[l].proj[p];
+            if (!mat) {
+                free(d->merge_buf[i]);
+                d->merge_buf[i] = NULL;
+                d->merge_bytes[i] = 0;
+                continue;
+            }
+            const lloco_weight *w = lloco_layer_proj_const(&m->layers[l], (lloco_proj)p);
+            const size_t bytes = lloco_dtype_row_bytes(merged_type(w->type), w->cols) * (size_t)w->rows;
+            if (d->merge_bytes[i] != bytes) {
+                free(d->merge_buf[i]);
+                d->merge_buf[i] = malloc(bytes);
+                d->merge_bytes[i] = d->merge_buf[i] ? bytes : 0;
+                if (!d->merge_buf[i]) {
+                    free_merged(d);
+                    return lloco_error(LLOCO_ERR_NOMEM, "merge: no memory for %zu bytes of adapter '%s'",
+                                       bytes, a->name ? a->name : "(unnamed)");
+                }
+            }
+            lloco_op_lora_merge(d->be, w->data, w->type, mat, d->merge_buf[i], merged_type(w->type));
+        }
+    }
+    for (int l = 0; l < nl; l++) {
+        for (int p = 0; p < LLOCO_PROJ_COUNT; p++) {
+            void *buf = d->merge_buf[l * LLOCO_PROJ_COUNT + p];
+            if (!buf) continue;
+            lloco_weight *w = lloco_layer_proj(&d->layers[l], (lloco_proj)p);
+            w->data = buf;
+            w->type = merged_type(w->type);
+        }
+    }
+    d->merged = a;
+    return 0;
+}
+
+const lloco_adapter_view *lloco_decoder_merged_adapter(const lloco_decoder *d) { return d->merged; }
+
+size_t lloco_decoder_merged_bytes(const lloco_decoder *d) {
+    size_t total = 0;
+    for (int i = 0; i < d->m->hp.n_layer * LLOCO_PROJ_COUNT; i++) total += d->merge_bytes[i];
+    return total;
 }

@@ -90,7 +90,8 @@ int lloco_generate(lloco_decoder *d, lloco_kv *kv, const int32_t *prompt, int n_
     lloco_detok_init(&dt, tok, 0);
 
     double t0 = lloco_time_now();
-    lloco_seq_batch b = {.kv = kv, .n = n_prompt, .tokens = prompt, .n_out = 1, .logits = logits};
+    lloco_seq_batch b = {.kv = kv, .n = n_prompt, .tokens = prompt, .n_out = 1, .logits = logits,
+                         .adapter = p->adapter};
     if ((rc = lloco_decoder_forward(d, &b, 1))) goto done;
     double t1 = lloco_time_now();
     st.t_prefill = t1 - t0;
@@ -126,7 +127,8 @@ int lloco_generate(lloco_decoder *d, lloco_kv *kv, const int32_t *prompt, int n_
             st.stop = LLOCO_STOP_CONTEXT;
             break;
         }
-        b = (lloco_seq_batch){.kv = kv, .n = 1, .tokens = &id, .n_out = 1, .logits = logits};
+        b = (lloco_seq_batch){.kv = kv, .n = 1, .tokens = &id, .n_out = 1, .logits = logits,
+                              .adapter = p->adapter};
         if ((rc = lloco_decoder_forward(d, &b, 1))) goto done;
     }
     if (st.stop != LLOCO_STOP_STRING && st.stop != LLOCO_STOP_CALLBACK) {

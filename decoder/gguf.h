@@ -1,6 +1,8 @@
-/* GGUF v2/v3 reader (private to decoder/): maps the file, parses metadata
- * and tensor infos, and checks every offset and size against the mapping so
- * that a truncated or hostile file is an error, never an out-of-bounds read.
+/* GGUF v2/v3 reader: maps the file, parses metadata and tensor infos, and
+ * checks every offset and size against the mapping so that a truncated or
+ * hostile file is an error, never an out-of-bounds read. The part other
+ * modules use (open, tensors, string and float keys) is public in
+ * decoder.h; the rest is private to decoder/.
  *
  * Ownership: every pointer returned (strings, arrays, tensor data) points
  * into the mapping and is valid until lloco_gguf_close(). Strings returned
@@ -12,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kernels/kernels.h"
+#include "decoder/decoder.h"
 
 typedef enum {
     LLOCO_GGUF_UINT8 = 0,
@@ -30,41 +32,20 @@ typedef enum {
     LLOCO_GGUF_FLOAT64 = 12,
 } lloco_gguf_type;
 
-typedef struct lloco_gguf lloco_gguf;
-
-typedef struct {
-    const char *name; /* NUL-terminated copy owned by the reader */
-    lloco_dtype type;
-    int n_dims;       /* 1..4 */
-    int64_t ne[4];    /* ne[0] is the contiguous dimension; unused dims = 1 */
-    const void *data; /* inside the mapping, aligned as the file declares */
-    size_t nbytes;
-} lloco_gguf_tensor;
-
-/* Opens and validates path. On failure returns a negative code with a
- * lloco_error() detail naming the file and the problem (e.g. "tensor
- * 'blk.3.attn_q.weight' data [off, off+len) beyond end of file (size N)"). */
-int lloco_gguf_open(const char *path, lloco_gguf **out);
-void lloco_gguf_close(lloco_gguf *g);
-
 uint32_t lloco_gguf_version(const lloco_gguf *g);
 size_t lloco_gguf_alignment(const lloco_gguf *g);
 size_t lloco_gguf_file_size(const lloco_gguf *g);
 
-/* Metadata: keys are looked up by exact name. -1 when absent. */
+/* Metadata by index (0 .. n_kv-1; see lloco_gguf_find_key). */
 int64_t lloco_gguf_n_kv(const lloco_gguf *g);
-int64_t lloco_gguf_find_key(const lloco_gguf *g, const char *key);
 const char *lloco_gguf_key_name(const lloco_gguf *g, int64_t i); /* NUL-terminated */
 lloco_gguf_type lloco_gguf_kv_type(const lloco_gguf *g, int64_t i);
 
-/* Typed getters: 0, LLOCO_ERR_NOTFOUND (absent) or LLOCO_ERR_TYPE (present
- * with another type). Integer getters accept any integer type whose value
- * fits; get_f32 accepts FLOAT32 and FLOAT64. */
+/* More typed getters (see lloco_gguf_get_f32): integer getters accept any
+ * integer type whose value fits. */
 int lloco_gguf_get_u32(const lloco_gguf *g, const char *key, uint32_t *out);
 int lloco_gguf_get_i64(const lloco_gguf *g, const char *key, int64_t *out);
-int lloco_gguf_get_f32(const lloco_gguf *g, const char *key, float *out);
 int lloco_gguf_get_bool(const lloco_gguf *g, const char *key, int *out);
-int lloco_gguf_get_str(const lloco_gguf *g, const char *key, const char **s, size_t *len);
 
 /* Arrays: element type and count. For numeric element types *data points at
  * n packed little-endian elements (possibly unaligned: read with memcpy).
@@ -82,9 +63,6 @@ int lloco_gguf_kv_arr_str(const lloco_gguf *g, int64_t i, uint64_t j, const char
 /* Scalar value of key i formatted for humans into buf (arrays: "[type x n]"). */
 void lloco_gguf_kv_format(const lloco_gguf *g, int64_t i, char *buf, size_t cap);
 
-int64_t lloco_gguf_n_tensors(const lloco_gguf *g);
-const lloco_gguf_tensor *lloco_gguf_tensor_at(const lloco_gguf *g, int64_t i);
-const lloco_gguf_tensor *lloco_gguf_find_tensor(const lloco_gguf *g, const char *name);
 
 const char *lloco_gguf_type_name(lloco_gguf_type t);
 

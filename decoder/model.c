@@ -159,7 +159,7 @@ static int find_tensor(const lloco_model *m, const char *name, found_tensor *f) 
         return 1;
     }
     const lloco_st_tensor *t = lloco_st_find(m->st, name);
-    if (!t) return 0;
+    if (!t || t->type == LLOCO_DTYPE_COUNT) return 0; /* integer buffers are no weights */
     *f = (found_tensor){t->data, t->type, t->n_dims, t->n_dims > 0 ? t->shape[0] : 1,
                         t->n_dims > 1 ? t->shape[1] : 1, 1};
     for (int i = 0; i < t->n_dims; i++) f->n *= t->shape[i];

@@ -45,4 +45,11 @@ struct lloco_model {
     int n_owned;
 };
 
+/* The weight of projection p in layer L (adapter.c). */
+lloco_weight *lloco_layer_proj(lloco_layer *L, lloco_proj p);
+const lloco_weight *lloco_layer_proj_const(const lloco_layer *L, lloco_proj p);
+/* LLOCO_ERR_MISMATCH, naming `who` and the adapter, unless every pair of a
+ * fits the projection it is attached to. */
+int lloco_adapter_check(const lloco_model *m, const lloco_adapter_view *a, const char *who);
+
 #endif

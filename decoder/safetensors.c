@@ -37,12 +37,25 @@ static int cmp_tensor_ptr(const void *a, const void *b) {
     return strcmp((*(lloco_st_tensor *const *)a)->name, (*(lloco_st_tensor *const *)b)->name);
 }
 
-static int dtype_of(const char *s, lloco_dtype *out) {
+/* The file's dtype as ours and its element size; the safetensors dtypes
+ * that are no weights (integers, bool, F64, F8) come out as
+ * LLOCO_DTYPE_COUNT, so that checkpoints carrying buffers such as BERT's
+ * int64 position_ids open. 0 for a dtype the format does not define. */
+static size_t dtype_of(const char *s, lloco_dtype *out) {
+    static const struct {
+        const char *name;
+        size_t size;
+    } other[] = {{"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1},
+                 {"I16", 2},  {"U16", 2}, {"I32", 4}, {"U32", 4},     {"I64", 8},
+                 {"U64", 8},  {"F64", 8}};
+    *out = LLOCO_DTYPE_COUNT;
     if (!strcmp(s, "F32")) *out = LLOCO_DTYPE_F32;
     else if (!strcmp(s, "F16")) *out = LLOCO_DTYPE_F16;
     else if (!strcmp(s, "BF16")) *out = LLOCO_DTYPE_BF16;
-    else return 0;
-    return 1;
+    if (*out != LLOCO_DTYPE_COUNT) return lloco_dtype_row_bytes(*out, 1);
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++)
+        if (!strcmp(s, other[i].name)) return other[i].size;
+    return 0;
 }
 
 /* A JSON number that is an exact integer in [0, 2^53]. */
@@ -112,10 +125,10 @@ static int parse_entry(lloco_st *st, const char *path, int shard, const cJSON *e
                            "%s: tensor '%s': data_offsets missing or not [begin, end]", path,
                            name);
     lloco_dtype type;
-    if (!dtype_of(dt->valuestring, &type))
-        return lloco_error(LLOCO_ERR_UNSUPPORTED,
-                           "%s: tensor '%s' has dtype %s (only F32, F16 and BF16 are supported)",
-                           path, name, dt->valuestring);
+    size_t n_bytes = dtype_of(dt->valuestring, &type);
+    if (!n_bytes)
+        return lloco_error(LLOCO_ERR_UNSUPPORTED, "%s: tensor '%s' has unknown dtype %s", path,
+                           name, dt->valuestring);
     int n_dims = cJSON_GetArraySize(shape);
     if (n_dims > 4)
         return lloco_error(LLOCO_ERR_UNSUPPORTED, "%s: tensor '%s' has %d dimensions (at most 4)",
@@ -143,7 +156,6 @@ static int parse_entry(lloco_st *st, const char *path, int shard, const cJSON *e
     t->type = type;
     t->n_dims = n_dims;
     t->shard = shard;
-    size_t n_bytes = lloco_dtype_row_bytes(type, 1);
     int d = 0;
     for (const cJSON *v = shape->child; v; v = v->next, d++) {
         uint64_t dim;

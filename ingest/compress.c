@@ -154,6 +154,7 @@ void lloco_compressor_free(lloco_compressor *c) {
 }
 
 const lloco_compress_params *lloco_compressor_params(const lloco_compressor *c) { return &c->p; }
+const lloco_model *lloco_compressor_model(const lloco_compressor *c) { return c->m; }
 const char *lloco_compressor_summary_init(const lloco_compressor *c) { return c->init; }
 int64_t lloco_compressor_positions(const lloco_compressor *c) { return c->positions; }
 

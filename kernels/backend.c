@@ -155,3 +155,37 @@ void lloco_op_store_rows(lloco_backend *be, const float *x, int m, int d, void *
     LLOCO_ASSERT(x && dst);
     be->iface->store_rows(be, x, m, d, dst, t, stride);
 }
+
+static int is_float_type(lloco_dtype t) {
+    return t == LLOCO_DTYPE_F32 || t == LLOCO_DTYPE_F16 || t == LLOCO_DTYPE_BF16;
+}
+
+static void check_lora_mat(const lloco_lora_mat *l) {
+    LLOCO_ASSERT(l->a && l->bt && is_float_type(l->type) && l->rank > 0 && l->k > 0 && l->n > 0);
+}
+
+void lloco_op_lora(lloco_backend *be, const float *x, int m, int k, int n,
+                   const lloco_lora_mat *const *per_row, float *y) {
+    LLOCO_ASSERT(m >= 0 && k > 0 && n > 0);
+    if (m == 0) return;
+    LLOCO_ASSERT(x && per_row && y);
+    for (int i = 0; i < m; i++) {
+        if (!per_row[i]) continue;
+        check_lora_mat(per_row[i]);
+        LLOCO_ASSERT(per_row[i]->k == k && per_row[i]->n == n);
+    }
+    be->iface->lora(be, x, m, k, n, per_row, y);
+}
+
+void lloco_op_lora_merge(lloco_backend *be, const void *w, lloco_dtype wt, const lloco_lora_mat *l,
+                         void *dst, lloco_dtype dst_type) {
+    LLOCO_ASSERT(l && w && dst);
+    check_lora_mat(l);
+    LLOCO_ASSERT((unsigned)wt < LLOCO_DTYPE_COUNT && wt != LLOCO_DTYPE_Q8_1 &&
+                 wt != LLOCO_DTYPE_Q8_K && l->k % lloco_dtype_block_elems(wt) == 0);
+    LLOCO_ASSERT(is_float_type(dst_type) || dst_type == LLOCO_DTYPE_Q8_0 ||
+                 dst_type == LLOCO_DTYPE_Q4_0 || dst_type == LLOCO_DTYPE_Q4_1);
+    LLOCO_ASSERT(l->k % lloco_dtype_block_elems(dst_type) == 0);
+    LLOCO_ASSERT(dst != w || dst_type == wt);
+    be->iface->lora_merge(be, w, wt, l, dst, dst_type);
+}

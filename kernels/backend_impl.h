@@ -32,6 +32,10 @@ typedef struct lloco_backend_i {
                       int kv_stride, float scale, float *out);
     void (*store_rows)(lloco_backend *be, const float *x, int m, int d, void *dst, lloco_dtype t,
                        int stride);
+    void (*lora)(lloco_backend *be, const float *x, int m, int k, int n,
+                 const lloco_lora_mat *const *per_row, float *y);
+    void (*lora_merge)(lloco_backend *be, const void *w, lloco_dtype wt, const lloco_lora_mat *l,
+                       void *dst, lloco_dtype dst_type);
 } lloco_backend_i;
 
 /* A backend is used by one thread at a time: ops share its scratch memory
@@ -106,5 +110,13 @@ void lloco_ref_attention_head(const float *q, int n_pos, int head_dim, int tiny_
                               size_t head_off, float scale, float *out);
 void lloco_ref_store_rows(lloco_backend *be, const float *x, int m, int d, void *dst, lloco_dtype t,
                           int stride);
+void lloco_ref_lora(lloco_backend *be, const float *x, int m, int k, int n,
+                    const lloco_lora_mat *const *per_row, float *y);
+void lloco_ref_lora_merge(lloco_backend *be, const void *w, lloco_dtype wt,
+                          const lloco_lora_mat *l, void *dst, lloco_dtype dst_type);
+/* The update of one row in lloco_ref_lora_merge: row[c] += scale * d[e0 + c]
+ * for c < ne, weight row j; row[] holds columns e0..e0+ne-1 of that row of
+ * the base as f32. */
+void lloco_ref_lora_merge_add(const lloco_lora_mat *l, int j, int e0, int ne, float *row);
 
 #endif

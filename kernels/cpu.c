@@ -579,6 +579,236 @@ static void cpu_attention(lloco_backend *be, const float *q, int m, int p0, int 
         lloco_threadpool_run(cx->pool, attn_task, &j);
 }
 
+/* ---- LoRA --------------------------------------------------------------- */
+
+/* A LoRA op splits into tasks of up to LORA_ROWS rows of one adapter group
+ * times LORA_RANKS ranks (shrink) or LORA_COLS output columns (expand):
+ * small enough to spread a prefill over the threads, large enough that a
+ * task reads each A or B row once for many activation rows. */
+#define LORA_ROWS 32
+#define LORA_RANKS 16
+#define LORA_COLS 256
+/* LoRA ops with fewer multiply-adds than this run on the calling thread:
+ * a decode step's update (a few microseconds) costs less than the two
+ * dispatches, one per phase, that threads would need. */
+#define LORA_PARALLEL_MIN_MACS (1 << 20)
+
+/* The rows of one call that share an adapter. */
+typedef struct {
+    const lloco_lora_mat *mat;
+    const int32_t *rows; /* (nr) indices into the op's x and y, increasing */
+    int nr;
+    const float *x; /* (nr, k): the rows, in x itself when contiguous, else gathered */
+    float *t;       /* (nr, rank): x·A^T */
+} lora_group;
+
+typedef struct {
+    const cpu_kernels *kern;
+    int k, n;
+    float *y;
+    lora_group *g;
+    int n_groups;
+    int expand;       /* phase: 0 shrink, 1 expand */
+    int *ustart;      /* (n_groups + 1): first task of each group in this phase */
+    atomic_int next;
+} lora_job;
+
+/* Tasks per row block of group g in a phase. */
+static int lora_blocks(const lora_job *j, const lora_group *g) {
+    return j->expand ? (j->n + LORA_COLS - 1) / LORA_COLS
+                     : (g->mat->rank + LORA_RANKS - 1) / LORA_RANKS;
+}
+
+static void lora_expand_portable(const lloco_lora_mat *l, const uint8_t *mat, size_t rb,
+                                 const float *t, int nr, int c0, int nc, float *y,
+                                 const int32_t *rows, int ldy) {
+    for (int i = 0; i < nr; i++) {
+        float *yi = y + (size_t)rows[i] * ldy;
+        for (int c = c0; c < c0 + nc; c++) {
+            float d = 0.0f;
+            for (int r = 0; r < l->rank; r++) {
+                float b;
+                lloco_dequantize_row(l->type, mat + (size_t)r * rb + (size_t)c * lloco_dtype_block_bytes(l->type), &b, 1);
+                d = fmaf(t[(size_t)i * l->rank + r], b, d);
+            }
+            yi[c] = yi[c] + l->scale * d;
+        }
+    }
+}
+
+static void lora_task(void *p, int ith, int nth) {
+    (void)ith, (void)nth;
+    lora_job *j = p;
+    const int total = j->ustart[j->n_groups];
+    for (int gi = 0;;) {
+        const int u = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (u >= total) break;
+        while (j->ustart[gi + 1] <= u) gi++; /* tasks are taken in increasing order */
+        const lora_group *g = &j->g[gi];
+        const lloco_lora_mat *l = g->mat;
+        const int per_block = lora_blocks(j, g), local = u - j->ustart[gi];
+        const int i0 = local / per_block * LORA_ROWS, b = local % per_block;
+        const int ni = g->nr - i0 < LORA_ROWS ? g->nr - i0 : LORA_ROWS;
+        const size_t es = lloco_dtype_block_bytes(l->type);
+        if (!j->expand) {
+            const int r0 = b * LORA_RANKS, nr = l->rank - r0 < LORA_RANKS ? l->rank - r0 : LORA_RANKS;
+            const size_t arb = (size_t)j->k * es;
+            const uint8_t *a = (const uint8_t *)l->a + (size_t)r0 * arb;
+            const float *x = g->x + (size_t)i0 * j->k;
+            float *t = g->t + (size_t)i0 * l->rank + r0;
+            if (j->kern)
+                j->kern->mm_float(l->type, a, arb, nr, j->k, x, ni, t, l->rank);
+            else
+                mm_float_portable(l->type, a, arb, nr, j->k, x, ni, t, l->rank);
+        } else {
+            const int c0 = b * LORA_COLS, nc = j->n - c0 < LORA_COLS ? j->n - c0 : LORA_COLS;
+            const size_t brb = (size_t)j->n * es;
+            const float *t = g->t + (size_t)i0 * l->rank;
+            if (j->kern)
+                j->kern->lora_expand(l->type, (const uint8_t *)l->bt + (size_t)c0 * es, brb, l->rank,
+                                     t, l->rank, ni, nc, l->scale, j->y + c0, g->rows + i0, j->n);
+            else
+                lora_expand_portable(l, l->bt, brb, t, ni, c0, nc, j->y, g->rows + i0, j->n);
+        }
+    }
+}
+
+static void lora_run_phase(cpu_ctx *cx, lora_job *j, int expand, int64_t work) {
+    j->expand = expand;
+    j->ustart[0] = 0;
+    for (int g = 0; g < j->n_groups; g++)
+        j->ustart[g + 1] = j->ustart[g] +
+                           (j->g[g].nr + LORA_ROWS - 1) / LORA_ROWS * lora_blocks(j, &j->g[g]);
+    atomic_init(&j->next, 0);
+    if (work < LORA_PARALLEL_MIN_MACS)
+        lora_task(j, 0, 1);
+    else
+        lloco_threadpool_run(cx->pool, lora_task, j);
+}
+
+static void cpu_lora(lloco_backend *be, const float *x, int m, int k, int n,
+                     const lloco_lora_mat *const *per_row, float *y) {
+    cpu_ctx *cx = be->ctx;
+    int max_rank = 0;
+    for (int i = 0; i < m; i++)
+        if (per_row[i] && per_row[i]->rank > max_rank) max_rank = per_row[i]->rank;
+    if (!max_rank) return;
+    /* scratch: groups, group of each row, rows by group, task starts, then
+     * the gathered rows and x·A^T of each group */
+    const size_t groups_b = align64((size_t)m * sizeof(lora_group));
+    const size_t ints_b = align64(sizeof(int32_t) * (3 * (size_t)m + 1));
+    const size_t xg_b = align64(sizeof(float) * (size_t)m * k);
+    uint8_t *mem = scratch_get(cx, groups_b + ints_b + xg_b + sizeof(float) * (size_t)m * max_rank);
+    if (!mem) {
+        lloco_ref_lora(be, x, m, k, n, per_row, y);
+        return;
+    }
+    lora_group *gs = (lora_group *)mem;
+    int32_t *gid = (int32_t *)(mem + groups_b), *rows = gid + m;
+    float *xg = (float *)(mem + groups_b + ints_b), *tbuf = (float *)(mem + groups_b + ints_b + xg_b);
+    lora_job j = {.kern = cx->kern, .k = k, .n = n, .y = y, .g = gs, .ustart = rows + m};
+    /* Group rows by adapter pointer, in order of first use. Neighbouring
+     * rows usually belong to one sequence, so the last group is tried first. */
+    int last = -1;
+    for (int i = 0; i < m; i++) {
+        gid[i] = -1;
+        if (!per_row[i]) continue;
+        int g = last >= 0 && gs[last].mat == per_row[i] ? last : -1;
+        for (int q = 0; g < 0 && q < j.n_groups; q++)
+            if (gs[q].mat == per_row[i]) g = q;
+        if (g < 0) {
+            g = j.n_groups++;
+            gs[g] = (lora_group){.mat = per_row[i]};
+        }
+        gs[g].nr++;
+        gid[i] = last = g;
+    }
+    int64_t work = 0;
+    size_t off = 0, toff = 0;
+    for (int g = 0; g < j.n_groups; g++) {
+        gs[g].rows = rows + off;
+        gs[g].t = tbuf + toff;
+        off += (size_t)gs[g].nr;
+        toff += (size_t)gs[g].nr * gs[g].mat->rank;
+        work += (int64_t)gs[g].nr * gs[g].mat->rank * (k + n);
+        gs[g].nr = 0;
+    }
+    for (int i = 0; i < m; i++)
+        if (gid[i] >= 0) {
+            lora_group *g = &gs[gid[i]];
+            ((int32_t *)g->rows)[g->nr++] = i;
+        }
+    /* A group of consecutive rows (one sequence's prefill) is read in place. */
+    for (int g = 0; g < j.n_groups; g++) {
+        const int32_t *r = gs[g].rows;
+        if (r[gs[g].nr - 1] - r[0] == gs[g].nr - 1) {
+            gs[g].x = x + (size_t)r[0] * k;
+            continue;
+        }
+        float *dst = xg + (size_t)(r - rows) * k;
+        for (int i = 0; i < gs[g].nr; i++)
+            memcpy(dst + (size_t)i * k, x + (size_t)r[i] * k, sizeof(float) * (size_t)k);
+        gs[g].x = dst;
+    }
+    lora_run_phase(cx, &j, 0, work);
+    lora_run_phase(cx, &j, 1, work);
+}
+
+typedef struct {
+    const cpu_kernels *kern;
+    const uint8_t *w;
+    lloco_dtype wt, dst_type;
+    const lloco_lora_mat *l;
+    uint8_t *dst;
+    float *scratch; /* per thread: a row (k) and a column of B (rank) */
+} merge_job;
+
+static void lora_merge_task(void *p, int ith, int nth) {
+    merge_job *j = p;
+    const lloco_lora_mat *l = j->l;
+    int64_t b, e;
+    split_range(l->n, 1, ith, nth, &b, &e);
+    float *row = j->scratch + (size_t)ith * (size_t)(l->k + l->rank), *bcol = row + l->k;
+    const size_t rb = lloco_dtype_row_bytes(j->wt, l->k), drb = lloco_dtype_row_bytes(j->dst_type, l->k);
+    const size_t es = lloco_dtype_block_bytes(l->type), brb = (size_t)l->n * es;
+    const int32_t zero = 0;
+    for (int64_t r = b; r < e; r++) {
+        const uint8_t *src = j->w + (size_t)r * rb;
+        uint8_t *out = j->dst + (size_t)r * drb;
+        if (j->wt == LLOCO_DTYPE_F16 && j->kern)
+            j->kern->f16_to_f32((const uint16_t *)src, row, l->k);
+        else
+            lloco_dequantize_row(j->wt, src, row, l->k);
+        if (!j->kern) {
+            lloco_ref_lora_merge_add(l, (int)r, 0, l->k, row);
+        } else {
+            /* the update of row r is the expand step of one row whose t is
+             * column r of B, over the rows of A */
+            for (int q = 0; q < l->rank; q++)
+                lloco_dequantize_row(l->type, (const uint8_t *)l->bt + (size_t)q * brb + (size_t)r * es,
+                                     &bcol[q], 1);
+            j->kern->lora_expand(l->type, l->a, (size_t)l->k * es, l->rank, bcol, l->rank, 1, l->k,
+                                 l->scale, row, &zero, 0);
+        }
+        if (j->dst_type == LLOCO_DTYPE_F16 && j->kern)
+            j->kern->f32_to_f16(row, (uint16_t *)out, l->k);
+        else
+            lloco_quantize_row(j->dst_type, row, out, l->k);
+    }
+}
+
+static void cpu_lora_merge(lloco_backend *be, const void *w, lloco_dtype wt, const lloco_lora_mat *l,
+                           void *dst, lloco_dtype dst_type) {
+    cpu_ctx *cx = be->ctx;
+    float *mem = scratch_get(cx, sizeof(float) * (size_t)cx->n_threads * (size_t)(l->k + l->rank));
+    if (!mem) {
+        lloco_ref_lora_merge(be, w, wt, l, dst, dst_type);
+        return;
+    }
+    merge_job j = {cx->kern, w, wt, dst_type, l, dst, mem};
+    lloco_threadpool_run(cx->pool, lora_merge_task, &j);
+}
+
 /* ---- the backend -------------------------------------------------------- */
 
 static void cpu_free(lloco_backend *be) {
@@ -602,6 +832,8 @@ static const lloco_backend_i cpu_iface = {
     .get_rows = cpu_get_rows,
     .attention = cpu_attention,
     .store_rows = cpu_store_rows,
+    .lora = cpu_lora,
+    .lora_merge = cpu_lora_merge,
 };
 
 int lloco_backend_init_cpu(lloco_backend *be, int n_threads, lloco_cpu_isa isa) {

@@ -68,6 +68,16 @@ typedef struct {
     void (*mm_float)(lloco_dtype wt, const uint8_t *w, size_t row_bytes, int nrows, int k,
                      const float *x, int m, float *y, int ldy);
 
+    /* LoRA expand (see lloco_op_lora), also the update of lloco_op_lora_merge:
+     * for i < nr and j < nc,
+     *   y[rows[i] * ldy + j] += scale * (fma chain over r < rank of
+     *                                    t[i * ldt + r] * mat row r [j]),
+     * mat (F32/F16/BF16) having rows rb bytes apart; the product by scale
+     * and the sum are not fused. Rows' results are independent. */
+    void (*lora_expand)(lloco_dtype wt, const uint8_t *mat, size_t rb, int rank, const float *t,
+                        int ldt, int nr, int nc, float scale, float *y, const int32_t *rows,
+                        int ldy);
+
     /* Attention of query rows [i0, i0 + nr) x heads [h0, h0 + nh), all of
      * one KV head: their rows of out (see lloco_op_attention), for head_dim
      * a multiple of 16 up to 256. The block's queries share each chunk of

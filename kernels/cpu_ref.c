@@ -437,6 +437,82 @@ void lloco_ref_attention(lloco_backend *be, const float *q, int m, int p0, int n
                                      out + (size_t)i * row + (size_t)h * head_dim);
 }
 
+/* ---- LoRA --------------------------------------------------------------- */
+
+/* Output columns and ranks the reference keeps at once (on the stack); the
+ * shrink step is recomputed per block of columns rather than stored. */
+#define LORA_REF_COLS 256
+#define LORA_REF_RANKS 64
+
+void lloco_ref_lora(lloco_backend *be, const float *x, int m, int k, int n,
+                    const lloco_lora_mat *const *per_row, float *y) {
+    (void)be;
+    for (int i = 0; i < m; i++) {
+        const lloco_lora_mat *l = per_row[i];
+        if (!l) continue;
+        const float *xi = x + (size_t)i * k;
+        const size_t arb = lloco_dtype_row_bytes(l->type, k), brb = lloco_dtype_row_bytes(l->type, n);
+        for (int j0 = 0; j0 < n; j0 += LORA_REF_COLS) {
+            const int nj = n - j0 < LORA_REF_COLS ? n - j0 : LORA_REF_COLS;
+            float d[LORA_REF_COLS] = {0};
+            for (int r0 = 0; r0 < l->rank; r0 += LORA_REF_RANKS) {
+                const int nr = l->rank - r0 < LORA_REF_RANKS ? l->rank - r0 : LORA_REF_RANKS;
+                float t[LORA_REF_RANKS];
+                for (int r = 0; r < nr; r++) {
+                    const void *arow = (const uint8_t *)l->a + (size_t)(r0 + r) * arb;
+                    float s = 0.0f;
+                    for (int e = 0; e < k; e++) s += xi[e] * float_elem(arow, l->type, (size_t)e);
+                    t[r] = s;
+                }
+                for (int r = 0; r < nr; r++) {
+                    const void *brow = (const uint8_t *)l->bt + (size_t)(r0 + r) * brb;
+                    for (int j = 0; j < nj; j++)
+                        d[j] = fmaf(t[r], float_elem(brow, l->type, (size_t)(j0 + j)), d[j]);
+                }
+            }
+            float *yi = y + (size_t)i * n + j0;
+            for (int j = 0; j < nj; j++) yi[j] = yi[j] + l->scale * d[j];
+        }
+    }
+}
+
+void lloco_ref_lora_merge_add(const lloco_lora_mat *l, int j, int e0, int ne, float *row) {
+    const size_t arb = lloco_dtype_row_bytes(l->type, l->k), brb = lloco_dtype_row_bytes(l->type, l->n);
+    for (int c0 = 0; c0 < ne; c0 += LORA_REF_COLS) {
+        const int nc = ne - c0 < LORA_REF_COLS ? ne - c0 : LORA_REF_COLS;
+        float d[LORA_REF_COLS] = {0};
+        for (int r = 0; r < l->rank; r++) {
+            const float b = float_elem((const uint8_t *)l->bt + (size_t)r * brb, l->type, (size_t)j);
+            const void *arow = (const uint8_t *)l->a + (size_t)r * arb;
+            for (int c = 0; c < nc; c++)
+                d[c] = fmaf(b, float_elem(arow, l->type, (size_t)(e0 + c0 + c)), d[c]);
+        }
+        for (int c = 0; c < nc; c++) row[c0 + c] = row[c0 + c] + l->scale * d[c];
+    }
+}
+
+void lloco_ref_lora_merge(lloco_backend *be, const void *w, lloco_dtype wt, const lloco_lora_mat *l,
+                          void *dst, lloco_dtype dst_type) {
+    (void)be;
+    const size_t rb = lloco_dtype_row_bytes(wt, l->k), drb = lloco_dtype_row_bytes(dst_type, l->k);
+    const int qk = lloco_dtype_block_elems(wt), dqk = lloco_dtype_block_elems(dst_type);
+    /* A row in chunks of whole blocks of both types (quantization is per
+     * block, so chunking changes no bits): the reference allocates nothing. */
+    float buf[LORA_REF_COLS];
+    LLOCO_ASSERT(LORA_REF_COLS % qk == 0 && LORA_REF_COLS % dqk == 0);
+    for (int j = 0; j < l->n; j++) {
+        const uint8_t *src = (const uint8_t *)w + (size_t)j * rb;
+        uint8_t *out = (uint8_t *)dst + (size_t)j * drb;
+        for (int e0 = 0; e0 < l->k; e0 += LORA_REF_COLS) {
+            const int ne = l->k - e0 < LORA_REF_COLS ? l->k - e0 : LORA_REF_COLS;
+            lloco_dequantize_row(wt, src + (size_t)(e0 / qk) * lloco_dtype_block_bytes(wt), buf, ne);
+            lloco_ref_lora_merge_add(l, j, e0, ne, buf);
+            lloco_quantize_row(dst_type, buf,
+                               out + (size_t)(e0 / dqk) * lloco_dtype_block_bytes(dst_type), ne);
+        }
+    }
+}
+
 /* ---- the backend -------------------------------------------------------- */
 
 static void ref_free(lloco_backend *be) { (void)be; }
@@ -454,6 +530,8 @@ static const lloco_backend_i ref_iface = {
     .get_rows = lloco_ref_get_rows,
     .attention = lloco_ref_attention,
     .store_rows = lloco_ref_store_rows,
+    .lora = lloco_ref_lora,
+    .lora_merge = lloco_ref_lora_merge,
 };
 
 int lloco_backend_init_cpu_ref(lloco_backend *be) {

@@ -745,6 +745,99 @@ static void x86_mm_float(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows,
         float_rows(LLOCO_DTYPE_BF16, w, rb, nrows, k, x, m, y, ldy);
 }
 
+/* ---- LoRA --------------------------------------------------------------- */
+
+INLINE v16 load16_w(lloco_dtype wt, const uint8_t *row, int e) {
+#if X86_WIDTH == 512
+    if (wt == LLOCO_DTYPE_F32) return _mm512_loadu_ps((const float *)row + e);
+    const __m256i h = _mm256_loadu_si256((const __m256i *)(row + 2 * (size_t)e));
+    if (wt == LLOCO_DTYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#else
+    return v16_make(load8_w(wt, row, e), load8_w(wt, row, e + 8));
+#endif
+}
+
+/* Rows a LoRA expand step keeps in registers: two 16-lane accumulators
+ * each, plus the two vectors of the matrix row they share. */
+#define LORA_NR (X86_WIDTH == 512 ? 4 : 2)
+
+/* NR rows x 32 columns from column c (see cpu_kernels.lora_expand). */
+INLINE void lora_tile(lloco_dtype wt, const uint8_t *mat, size_t rb, int rank, const float *t,
+                      int ldt, const int NR, int c, const v16 sv, float *const *yr) {
+    v16 acc[LORA_NR][2];
+    UNROLL
+    for (int i = 0; i < NR; i++) acc[i][0] = acc[i][1] = v16_zero();
+    for (int r = 0; r < rank; r++) {
+        const uint8_t *row = mat + (size_t)r * rb;
+        const v16 b0 = load16_w(wt, row, c), b1 = load16_w(wt, row, c + 16);
+        UNROLL
+        for (int i = 0; i < NR; i++) {
+            const v16 s = v16_set1(t[(size_t)i * ldt + r]);
+            acc[i][0] = v16_fma(s, b0, acc[i][0]);
+            acc[i][1] = v16_fma(s, b1, acc[i][1]);
+        }
+    }
+    UNROLL
+    for (int i = 0; i < NR; i++) {
+        float *y = yr[i] + c;
+        v16_store(y, v16_add(v16_load(y), v16_mul(sv, acc[i][0])));
+        v16_store(y + 16, v16_add(v16_load(y + 16), v16_mul(sv, acc[i][1])));
+    }
+}
+
+/* The last columns (fewer than 32) of NR rows: 16 at a time, then one by
+ * one, in the same order of operations. */
+INLINE void lora_tail(lloco_dtype wt, const uint8_t *mat, size_t rb, int rank, const float *t,
+                      int ldt, int nr, int c, int nc, float scale, float *const *yr) {
+    for (int i = 0; i < nr; i++) {
+        const float *ti = t + (size_t)i * ldt;
+        int j = c;
+        for (; j + 16 <= nc; j += 16) {
+            v16 acc = v16_zero();
+            for (int r = 0; r < rank; r++)
+                acc = v16_fma(v16_set1(ti[r]), load16_w(wt, mat + (size_t)r * rb, j), acc);
+            v16_store(yr[i] + j, v16_add(v16_load(yr[i] + j), v16_mul(v16_set1(scale), acc)));
+        }
+        for (; j < nc; j++) {
+            float d = 0.0f;
+            for (int r = 0; r < rank; r++) d = fmaf(ti[r], load1_w(wt, mat + (size_t)r * rb, j), d);
+            yr[i][j] = yr[i][j] + scale * d;
+        }
+    }
+}
+
+INLINE void lora_expand_t(lloco_dtype wt, const uint8_t *mat, size_t rb, int rank, const float *t,
+                          int ldt, int nr, int nc, float scale, float *y, const int32_t *rows,
+                          int ldy) {
+    const v16 sv = v16_set1(scale);
+    const int nc32 = nc & ~31;
+    for (int i = 0; i < nr; i += LORA_NR) {
+        const int n = nr - i < LORA_NR ? nr - i : LORA_NR;
+        float *yr[LORA_NR];
+        for (int u = 0; u < n; u++) yr[u] = y + (size_t)rows[i + u] * ldy;
+        const float *ti = t + (size_t)i * ldt;
+        for (int c = 0; c < nc32; c += 32) {
+            if (n == LORA_NR)
+                lora_tile(wt, mat, rb, rank, ti, ldt, LORA_NR, c, sv, yr);
+            else
+                for (int u = 0; u < n; u++)
+                    lora_tile(wt, mat, rb, rank, ti + (size_t)u * ldt, ldt, 1, c, sv, yr + u);
+        }
+        lora_tail(wt, mat, rb, rank, ti, ldt, n, nc32, nc, scale, yr);
+    }
+}
+
+static void x86_lora_expand(lloco_dtype wt, const uint8_t *mat, size_t rb, int rank,
+                            const float *t, int ldt, int nr, int nc, float scale, float *y,
+                            const int32_t *rows, int ldy) {
+    if (wt == LLOCO_DTYPE_F32)
+        lora_expand_t(LLOCO_DTYPE_F32, mat, rb, rank, t, ldt, nr, nc, scale, y, rows, ldy);
+    else if (wt == LLOCO_DTYPE_F16)
+        lora_expand_t(LLOCO_DTYPE_F16, mat, rb, rank, t, ldt, nr, nc, scale, y, rows, ldy);
+    else
+        lora_expand_t(LLOCO_DTYPE_BF16, mat, rb, rank, t, ldt, nr, nc, scale, y, rows, ldy);
+}
 
 /* ---- attention ---------------------------------------------------------- */
 
@@ -1040,6 +1133,7 @@ static void x86_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
         .mm_pack = x86_mm_pack,                                                                 \
         .mm_tile = x86_mm_tile,                                                                 \
         .mm_float = x86_mm_float,                                                               \
+        .lora_expand = x86_lora_expand,                                                         \
         .attn = x86_attn,                                                                       \
         .rmsnorm_row = x86_rmsnorm_row,                                                         \
         .softmax_row = x86_softmax_row,                                                         \

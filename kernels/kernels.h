@@ -207,4 +207,41 @@ void lloco_op_attention(lloco_backend *be, const float *q, int m, int p0, int n_
 void lloco_op_store_rows(lloco_backend *be, const float *x, int m, int d, void *dst,
                          lloco_dtype t, int stride);
 
+/* ---- LoRA --------------------------------------------------------------- */
+
+/* The low-rank update of one projection y = x·W^T (n outputs, k inputs):
+ * y += scale · (x·A^T)·B^T. B is stored transposed so that the expand step
+ * (rank -> n) reads contiguous rows, as the shrink step (k -> rank) does.
+ * The pointers are borrowed: they must stay valid while an op reads them. */
+typedef struct {
+    const void *a;    /* (rank, k): PEFT's lora_A */
+    const void *bt;   /* (rank, n): PEFT's lora_B, which is (n, rank), transposed */
+    lloco_dtype type; /* F32, F16 or BF16, both matrices */
+    int rank, k, n;
+    float scale;      /* lora_alpha / rank, or lora_alpha / sqrt(rank) (rsLoRA) */
+} lloco_lora_mat;
+
+/* Batched LoRA with a different adapter per row (BGMV): for each row i of
+ * x[m][k] whose per_row[i] is not NULL (its k and n must equal these),
+ *   t[r]    = x_i · A row r           (r < rank; a dot product in any order)
+ *   d[j]    = fma chain over r = 0..rank-1 of t[r] * bt[r][j], from 0
+ *   y_i[j] += scale * d[j]            (a product, then a sum: not fused)
+ * Rows whose per_row entries are the same pointer are computed together, so
+ * each A and B is read once per call however many rows use it; a row's
+ * result does not depend on which other rows share the call. Rows with NULL
+ * are left alone. */
+void lloco_op_lora(lloco_backend *be, const float *x, int m, int k, int n,
+                   const lloco_lora_mat *const *per_row, float *y);
+
+/* Merges one LoRA pair into a copy of its weight: for each row j of
+ * w[n][k] (dtype wt, any dtype lloco_dequantize_row reads),
+ *   row = dequantize(w_j);  d[e] = fma chain over r of bt[r][j] * A[r][e];
+ *   row[e] = row[e] + scale * d[e]  (product, then sum);
+ * and the row is written to dst in dst_type, which lloco_quantize_row must
+ * support (F32, F16, BF16, Q8_0, Q4_0, Q4_1) with GGML's reference rounding.
+ * Every backend gives the same bits. n = l->n, k = l->k; dst may be w when
+ * dst_type == wt. */
+void lloco_op_lora_merge(lloco_backend *be, const void *w, lloco_dtype wt, const lloco_lora_mat *l,
+                         void *dst, lloco_dtype dst_type);
+
 #endif
