@@ -13,7 +13,8 @@ int cli_fail(int rc);
 int cli_usage_error(const char *fmt, const char *arg);
 int cli_parse_int(const char *s, long lo, long hi, int *out);
 int cli_parse_float(const char *s, double lo, double hi, float *out);
-/* rel under the models folder ($LLOCO_MODELS, else the one setup fills). */
+/* rel under the models folder ($LLOCO_MODELS, else the one setup fills);
+ * the string stays valid across the next three calls. */
 const char *cli_default_model(const char *rel);
 
 int cmd_ingest(int argc, char **argv);

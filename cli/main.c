@@ -20,9 +20,11 @@ int cli_fail(int rc) {
 }
 
 const char *cli_default_model(const char *rel) {
-    static char buf[4096];
+    static char bufs[4][4096]; /* a command asks for a few at most */
+    static int next;
+    char *buf = bufs[next++ % 4];
     const char *dir = getenv("LLOCO_MODELS");
-    snprintf(buf, sizeof buf, "%s/%s", dir && *dir ? dir : LLOCO_DEFAULT_MODELS_DIR, rel);
+    snprintf(buf, sizeof bufs[0], "%s/%s", dir && *dir ? dir : LLOCO_DEFAULT_MODELS_DIR, rel);
     return buf;
 }
 

@@ -15,6 +15,7 @@ typedef struct {
     const char *store, *group, *model, *embedder;
     int threads, k, json;
     lloco_compress_params cp;
+    lloco_index_params ixp; /* used when this command builds the index */
     int method_set;
     const char **args;
     int n_args;
@@ -25,6 +26,7 @@ static int parse_store_opts(int argc, char **argv, const char *allowed, store_op
     memset(o, 0, sizeof *o);
     o->k = 5;
     lloco_compress_params_default(&o->cp, LLOCO_COMPRESS_AUTOCOMPRESSOR);
+    lloco_index_params_default(&o->ixp, 0); /* dim: the store's, set on open */
     o->args = calloc((size_t)argc + 1, sizeof *o->args);
     if (!o->args) return cli_fail(lloco_error(LLOCO_ERR_NOMEM, "out of memory"));
     int seg = 0, ns = 0, acc = -1;
@@ -68,6 +70,10 @@ static int parse_store_opts(int argc, char **argv, const char *allowed, store_op
             if (cli_parse_int(v, 1, 1 << 20, &seg)) return cli_usage_error("bad --segment-tokens value '%s'", v);
         } else if (!strcmp(a, "--n-summary")) {
             if (cli_parse_int(v, 1, 1 << 16, &ns)) return cli_usage_error("bad --n-summary value '%s'", v);
+        } else if (!strcmp(a, "--hnsw-threshold")) {
+            int t;
+            if (cli_parse_int(v, 0, 1 << 30, &t)) return cli_usage_error("bad --hnsw-threshold value '%s'", v);
+            o->ixp.hnsw_threshold = t;
         } else if (!strcmp(a, "--slot-dtype")) {
             if (!strcmp(v, "f16")) o->cp.slot_dtype = LLOCO_DTYPE_F16;
             else if (!strcmp(v, "bf16")) o->cp.slot_dtype = LLOCO_DTYPE_BF16;
@@ -133,7 +139,7 @@ static int open_for_search(store_session *s, const store_opts *o) {
                              "the one it was built with",
                              o->store, fp->embedder_hash, o->embedder, lloco_embedder_hash(s->emb));
     }
-    if (!rc) rc = lloco_retriever_open(s->store, NULL, &s->ret);
+    if (!rc) rc = lloco_retriever_open(s->store, &o->ixp, &s->ret);
     return rc;
 }
 
@@ -177,7 +183,7 @@ int cmd_ingest(int argc, char **argv) {
     store_opts o;
     int rc = parse_store_opts(argc, argv,
                               " --store --group -g -m --model --embedder --threads --method "
-                              "--segment-tokens --n-summary --no-accumulate --slot-dtype ",
+                              "--segment-tokens --n-summary --no-accumulate --slot-dtype --hnsw-threshold ",
                               &o);
     if (rc) return rc;
     if (o.n_args == 0) {
@@ -200,7 +206,7 @@ int cmd_ingest(int argc, char **argv) {
         fp.embed_dim = lloco_embedder_dim(s.emb);
         rc = lloco_store_open(o.store, &fp, LLOCO_STORE_CREATE, &s.store);
     }
-    if (!rc) rc = lloco_retriever_open(s.store, NULL, &s.ret);
+    if (!rc) rc = lloco_retriever_open(s.store, &o.ixp, &s.ret);
     progress_state ps = {.tty = isatty(2)};
     lloco_ingest_callbacks cb = {on_progress, on_problem, &ps};
     lloco_ingester *ing = NULL;
@@ -280,7 +286,7 @@ static void json_string(FILE *f, const char *s, size_t n) {
 
 int cmd_search(int argc, char **argv) {
     store_opts o;
-    int rc = parse_store_opts(argc, argv, " --store --group -g -k --embedder --threads --json ", &o);
+    int rc = parse_store_opts(argc, argv, " --store --group -g -k --embedder --threads --json --hnsw-threshold ", &o);
     if (rc) return rc;
     if (o.n_args == 0) {
         free(o.args);
@@ -402,15 +408,15 @@ int cmd_stats(int argc, char **argv) {
 
 int cmd_reindex(int argc, char **argv) {
     store_opts o;
-    int rc = parse_store_opts(argc, argv, " --store ", &o);
+    int rc = parse_store_opts(argc, argv, " --store --hnsw-threshold ", &o);
     if (rc) return rc;
     free(o.args);
-    if (o.n_args) return cli_usage_error("usage: lloco reindex --store DIR%s", "");
+    if (o.n_args) return cli_usage_error("usage: lloco reindex --store DIR [--hnsw-threshold N]%s", "");
     lloco_store *st = NULL;
     lloco_retriever *r = NULL;
     double t0 = lloco_time_now();
     rc = lloco_store_open(o.store, NULL, 0, &st);
-    if (!rc) rc = lloco_retriever_open(st, NULL, &r);
+    if (!rc) rc = lloco_retriever_open(st, &o.ixp, &r);
     /* open already rebuilt a missing or stale index: do not build twice */
     if (!rc && !lloco_retriever_rebuilt(r)) rc = lloco_retriever_reindex(r);
     if (!rc)

@@ -24,7 +24,8 @@
     X(FULL, -9, "capacity exhausted")                                   \
     X(EXISTS, -10, "already exists")                                    \
     X(CANCELLED, -11, "cancelled")                                      \
-    X(MISMATCH, -12, "mismatch")
+    X(MISMATCH, -12, "mismatch")                                        \
+    X(BUSY, -13, "busy, try again later")
 
 typedef enum {
     LLOCO_OK = 0,

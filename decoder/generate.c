@@ -62,6 +62,7 @@ static size_t final_prefix(const text_buf *t, const lloco_generate_params *p, in
 static int emit(const lloco_generate_params *p, text_buf *t, size_t n) {
     int stop = 0;
     if (n && p->on_text) stop = p->on_text(t->buf, n, p->user);
+    if (!t->buf) return stop; /* nothing appended yet */
     memmove(t->buf, t->buf + n, t->len - n + 1);
     t->len -= n;
     return stop;

@@ -467,9 +467,10 @@ int lloco_ingest_file(lloco_ingester *g, const char *path) {
     if (is_stdin) kind = -1;
     else if (has_ext(path, ".jsonl")) kind = 2;
     else if (has_ext(path, ".md")) kind = 1;
-    else if (has_ext(path, ".txt")) kind = 0;
+    else if (has_ext(path, ".txt") || !strchr(base_name(path), '.')) kind = 0;
     else
-        return file_failed(g, path, "unsupported file type (use .txt, .md or .jsonl)");
+        return file_failed(g, path,
+                           "unsupported file type (.txt, .md, .jsonl, or plain text without an extension)");
     char *text = NULL;
     size_t len = 0;
     int rc = is_stdin ? read_stdin(&text, &len) : lloco_file_read(path, MAX_FILE_BYTES, &text, &len);

@@ -81,6 +81,7 @@ int lloco_retriever_open(lloco_store *s, const lloco_index_params *p, lloco_retr
     const int dim = lloco_store_fingerprint_of(s)->embed_dim;
     if (p) r->p = *p;
     else lloco_index_params_default(&r->p, dim);
+    if (r->p.dim == 0) r->p.dim = dim;
     snprintf(r->path, sizeof r->path, "%s/%s", lloco_store_dir(s), INDEX_FILE);
     int rc = 0;
     if (r->p.dim != dim)

@@ -261,8 +261,8 @@ int lloco_embedder_embed(lloco_embedder *e, const char *const *texts, const size
  * is logged and reported by lloco_retriever_rebuilt. */
 typedef struct lloco_retriever lloco_retriever;
 
-/* p: NULL for the defaults at the store's embed_dim. The store must outlive
- * the retriever. */
+/* p: NULL for the defaults; p->dim 0 means the store's embed_dim. The
+ * store must outlive the retriever. */
 int lloco_retriever_open(lloco_store *s, const lloco_index_params *p, lloco_retriever **out);
 void lloco_retriever_close(lloco_retriever *r);
 /* Why the index was rebuilt on open ("missing", "stale", "damaged: ..."),

@@ -234,8 +234,11 @@ build)
     ;;
 demo)
     build build
-    ./build/lloco generate -m "$MODELS/$MODEL_FILE" -n 64 \
+    ./build/lloco generate -m "$MODELS/$MODEL_FILE" -n 64 --chat \
         -p "Explain in two sentences why the sky is blue."
+    # a sample corpus every Debian system has: the GPL, compressed and indexed
+    ./build/lloco ingest --store "$ROOT/demo-store" /usr/share/common-licenses/GPL-3
+    ./build/lloco search --store "$ROOT/demo-store" -k 3 "Can I charge a fee for conveying copies?"
     ;;
 test)
     build build -DLLOCO_WERROR=ON

@@ -43,6 +43,31 @@ expect inspect-hf 0 'safetensors, 2 shard' -- "$LLOCO" inspect "$TINY/hf-sharded
 expect generate-tiny 0 '^' -- "$LLOCO" generate -m "$TINY/tiny-q4_1.gguf" -p "Hello" -n 8
 expect generate-stdin 2 'missing -p' -- "$LLOCO" generate -m "$TINY/tiny-q4_1.gguf"
 
+# ingest / search / stats / reindex on the tiny compressor and embedder.
+ENC=(-m "$SRC/tests/fixtures/compressor/hf-ac" --embedder "$SRC/tests/fixtures/embedder/tiny" --segment-tokens 16 --n-summary 4)
+EMB=(--embedder "$SRC/tests/fixtures/embedder/tiny")
+printf 'The lighthouse keeper counted ships every night.\nShe wrote their names in a blue book.\n' >"$tmp/a.txt"
+printf '{"id":"d1","title":"Bees","group":"g1","text":"Bees make honey from nectar."}\nnot json\n{"id":"d2","text":""}\n' >"$tmp/b.jsonl"
+printf 'ok \377 bad\n' >"$tmp/c.txt"
+expect ingest-bad-input 1 'b.jsonl:2: skipped: not a JSON object' -- "$LLOCO" ingest --store "$tmp/s" "${ENC[@]}" "$tmp/a.txt" "$tmp/b.jsonl" "$tmp/c.txt" "$tmp/none.txt"
+grep -q 'b.jsonl:3: skipped: empty document' "$tmp/out" && grep -q 'c.txt: skipped: invalid UTF-8 at byte 3' "$tmp/out" &&
+    grep -q 'none.txt: skipped: .*No such file' "$tmp/out" && grep -q '^ingested 2 documents (0 unchanged, 3 skipped, 1 files unreadable), 8 chunks' "$tmp/out" &&
+    pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL ingest-bad-input details:"; cat "$tmp/out"; }
+expect ingest-again-noop 0 '^ingested 0 documents \(1 unchanged' -- "$LLOCO" ingest --store "$tmp/s" "${ENC[@]}" "$tmp/a.txt"
+expect ingest-other-encoder 1 'different encoder: n_summary: stored 4, given 2' -- "$LLOCO" ingest --store "$tmp/s" "${ENC[@]}" --n-summary 2 "$tmp/a.txt"
+expect search-group 0 '^1\. [0-9.]+ +d1 +"Bees" +chunk 1/2' -- "$LLOCO" search --store "$tmp/s" "${EMB[@]}" --group g1 honey
+expect search-json 0 '^\[\{"rank":1,.*"doc_id":' -- "$LLOCO" search --store "$tmp/s" "${EMB[@]}" -k 2 --json ships
+expect search-bad-k 2 'bad -k' -- "$LLOCO" search --store "$tmp/s" "${EMB[@]}" -k zero ships
+expect search-no-store 3 'does not exist' -- "$LLOCO" search --store "$tmp/nostore" "${EMB[@]}" ships
+expect stats 0 'documents +2 ' -- "$LLOCO" stats --store "$tmp/s"
+rm -f "$tmp/s/index.faiss"
+expect reindex 0 'reindexed .*: 8 vectors' -- "$LLOCO" reindex --store "$tmp/s"
+expect reindex-hnsw 0 'reindexed .*: 8 vectors' -- "$LLOCO" reindex --store "$tmp/s" --hnsw-threshold 4
+expect stats-hnsw 0 'index +HNSW, 8 vectors' -- "$LLOCO" stats --store "$tmp/s"
+expect search-hnsw 0 '^1\. [0-9.]+ +d1 +"Bees"' -- "$LLOCO" search --store "$tmp/s" "${EMB[@]}" --group g1 honey
+cp -r "$tmp/s" "$tmp/t" && truncate -s 8192 "$tmp/t/data.mdb"
+expect truncated-store 1 'data.mdb is truncated' -- "$LLOCO" stats --store "$tmp/t"
+
 # The same seed gives the same sampled text; greedy ignores the seed.
 "$LLOCO" generate -m "$TINY/tiny-q4_1.gguf" -p Hi -n 16 --temp 1 --seed 7 >"$tmp/a" 2>&1
 "$LLOCO" generate -m "$TINY/tiny-q4_1.gguf" -p Hi -n 16 --temp 1 --seed 7 >"$tmp/b" 2>&1
@@ -50,6 +75,12 @@ if cmp -s "$tmp/a" "$tmp/b"; then pass=$((pass + 1)); else fail=$((fail + 1)); e
 
 if [ -f "$MODEL" ]; then
     expect smollm2-greedy 0 '[Pp]aris' -- "$LLOCO" generate -m "$MODEL" --chat -p "What is the capital of France?" -n 24
+    # the model ends this raw prompt at once: nothing to print, no crash
+    expect smollm2-eog-first 0 '^$' -- "$LLOCO" generate -m "$MODEL" -n 64 -p "Explain in two sentences why the sky is blue."
+    # ingest with the default model and embedder; a file without extension is text
+    printf 'Bees make honey from the nectar of flowers.\n' >"$tmp/NOTES"
+    expect default-ingest 0 '^ingested 1 documents' -- "$LLOCO" ingest --store "$tmp/d" "$tmp/NOTES"
+    expect default-search 0 '^1\. [0-9.]+ .*NOTES' -- "$LLOCO" search --store "$tmp/d" honey
     expect smollm2-inspect 0 'pre-tokenizer smollm' -- "$LLOCO" inspect "$MODEL"
     printf 'What is 2+2?\n' | "$LLOCO" chat -m "$MODEL" -n 16 >"$tmp/chat" 2>&1
     if grep -q '4' "$tmp/chat"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL chat:"; cat "$tmp/chat"; fi
