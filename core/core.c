@@ -208,6 +208,35 @@ size_t lloco_utf8_incomplete_tail(const char *s, size_t n) {
     return 0;
 }
 
+size_t lloco_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
+    uint8_t c = s[0];
+    if (c < 0x80) {
+        if (cp) *cp = c;
+        return 1;
+    }
+    size_t need;
+    uint8_t lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) need = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        need = 3;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        need = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else {
+        return 0;
+    }
+    if (n < need || s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < need; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    uint32_t v = c & (0x7F >> need);
+    for (size_t i = 1; i < need; i++) v = (v << 6) | (s[i] & 0x3F);
+    if (cp) *cp = v;
+    return need;
+}
+
 void lloco_assert_fail(const char *cond, const char *file, int line) {
     fprintf(stderr, "lloco: assertion failed: %s (%s:%d)\n", cond, file, line);
     abort();

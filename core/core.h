@@ -96,6 +96,10 @@ size_t lloco_rss_now_bytes(void);
  * streaming writer holds those back until the next piece arrives. */
 int lloco_utf8_seq_len(uint8_t c);
 size_t lloco_utf8_incomplete_tail(const char *s, size_t n);
+/* Length of the valid UTF-8 sequence at s[0..n) (n >= 1), 0 if invalid
+ * (overlongs, surrogates and code points past U+10FFFF included); its code
+ * point goes to *cp when cp is not NULL. */
+size_t lloco_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
 
 #define LLOCO_ASSERT(cond)                                                  \
     do {                                                                    \

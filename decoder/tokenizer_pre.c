@@ -44,36 +44,11 @@ int lloco_bytelevel_decode(uint32_t cp) {
 
 /* ---- UTF-8 repair --------------------------------------------------------- */
 
-/* Length of the valid UTF-8 sequence at s[0..n), 0 if invalid (overlongs,
- * surrogates and code points past U+10FFFF included). */
-static size_t utf8_valid_len(const uint8_t *s, size_t n) {
-    uint8_t c = s[0];
-    if (c < 0x80) return 1;
-    size_t need;
-    uint8_t lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-    if (c >= 0xC2 && c <= 0xDF) need = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        need = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (n < need || s[1] < lo || s[1] > hi) return 0;
-    for (size_t i = 2; i < need; i++)
-        if ((s[i] & 0xC0) != 0x80) return 0;
-    return need;
-}
-
 int lloco_utf8_sanitize(const char *s, size_t len, char **out, size_t *out_len) {
     const uint8_t *u = (const uint8_t *)s;
     size_t n_bad = 0;
     for (size_t i = 0; i < len;) {
-        size_t k = utf8_valid_len(u + i, len - i);
+        size_t k = lloco_utf8_decode(u + i, len - i, NULL);
         if (!k) {
             n_bad++;
             k = 1;
@@ -85,7 +60,7 @@ int lloco_utf8_sanitize(const char *s, size_t len, char **out, size_t *out_len) 
     if (!d) return lloco_error(LLOCO_ERR_NOMEM, "tokenizer: no memory for %zu bytes of text", len);
     size_t o = 0;
     for (size_t i = 0; i < len;) {
-        size_t k = utf8_valid_len(u + i, len - i);
+        size_t k = lloco_utf8_decode(u + i, len - i, NULL);
         if (k) {
             memcpy(d + o, s + i, k);
             o += k;

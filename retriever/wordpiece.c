@@ -592,36 +592,6 @@ static int ids_push(lloco_wp_ids *ids, int32_t id) {
     return 0;
 }
 
-/* Length of the valid UTF-8 sequence at s (0 if the byte starts none). */
-static size_t utf8_valid_len(const uint8_t *s, size_t n, uint32_t *cp) {
-    uint8_t c = s[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    size_t need;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) need = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        need = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (n < need || s[1] < lo || s[1] > hi) return 0;
-    for (size_t i = 2; i < need; i++)
-        if ((s[i] & 0xC0) != 0x80) return 0;
-    uint32_t v = c & (0x7F >> need);
-    for (size_t i = 1; i < need; i++) v = (v << 6) | (s[i] & 0x3F);
-    *cp = v;
-    return need;
-}
-
 static void swap_bufs(lloco_wp_scratch *s) {
     uint32_t *b = s->cp;
     size_t c = s->cp_cap;
@@ -642,7 +612,7 @@ static int normalize(const lloco_wp *wp, const char *text, size_t len, lloco_wp_
     size_t n = 0;
     for (size_t i = 0; i < len;) {
         uint32_t c;
-        size_t k = utf8_valid_len(u + i, len - i, &c);
+        size_t k = lloco_utf8_decode(u + i, len - i, &c);
         if (!k) {
             c = 0xFFFD;
             k = 1;
