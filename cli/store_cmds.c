@@ -10,9 +10,10 @@
 
 #include "cli.h"
 #include "ingest/ingest.h"
+#include "lora_bank/lora_bank.h"
 
 typedef struct {
-    const char *store, *group, *model, *embedder;
+    const char *store, *group, *model, *embedder, *encoder_lora;
     int threads, k, json;
     lloco_compress_params cp;
     lloco_index_params ixp; /* used when this command builds the index */
@@ -57,6 +58,7 @@ static int parse_store_opts(int argc, char **argv, const char *allowed, store_op
         else if (!strcmp(a, "--group") || !strcmp(a, "-g")) o->group = v;
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model = v;
         else if (!strcmp(a, "--embedder")) o->embedder = v;
+        else if (!strcmp(a, "--encoder-lora")) o->encoder_lora = v;
         else if (!strcmp(a, "--threads")) {
             if (cli_parse_int(v, 1, 1024, &o->threads)) return cli_usage_error("bad --threads value '%s'", v);
         } else if (!strcmp(a, "-k")) {
@@ -94,6 +96,7 @@ static int parse_store_opts(int argc, char **argv, const char *allowed, store_op
 typedef struct {
     lloco_model *model;
     lloco_decoder *dec;
+    lloco_lora *encoder_lora;
     lloco_compressor *comp;
     lloco_backend *be; /* the embedder's when there is no decoder */
     lloco_embedder *emb;
@@ -106,6 +109,7 @@ static void session_close(store_session *s) {
     lloco_store_close(s->store);
     lloco_embedder_close(s->emb);
     lloco_compressor_free(s->comp);
+    lloco_lora_close(s->encoder_lora);
     lloco_decoder_free(s->dec);
     lloco_backend_free(s->be);
     lloco_model_close(s->model);
@@ -183,7 +187,8 @@ int cmd_ingest(int argc, char **argv) {
     store_opts o;
     int rc = parse_store_opts(argc, argv,
                               " --store --group -g -m --model --embedder --threads --method "
-                              "--segment-tokens --n-summary --no-accumulate --slot-dtype --hnsw-threshold ",
+                              "--segment-tokens --n-summary --no-accumulate --slot-dtype "
+                              "--hnsw-threshold --encoder-lora ",
                               &o);
     if (rc) return rc;
     if (o.n_args == 0) {
@@ -198,6 +203,10 @@ int cmd_ingest(int argc, char **argv) {
     lloco_store_fingerprint fp;
     rc = lloco_model_open(o.model, &s.model);
     if (!rc) rc = lloco_decoder_create(s.model, &dp, &s.dec);
+    if (!rc && o.encoder_lora) {
+        rc = lloco_lora_open(o.encoder_lora, NULL, s.model, &s.encoder_lora);
+        if (!rc) o.cp.encoder_adapter = lloco_lora_view(s.encoder_lora);
+    }
     if (!rc) rc = lloco_compressor_create(s.dec, &o.cp, &s.comp);
     if (!rc) rc = lloco_compressor_fingerprint(s.comp, &fp);
     if (!rc) rc = open_embedder(&s, &o);

@@ -34,6 +34,7 @@ struct lloco_compressor {
 void lloco_compress_params_default(lloco_compress_params *p, lloco_compress_method method) {
     p->method = method;
     p->slot_dtype = LLOCO_DTYPE_F16;
+    p->encoder_adapter = NULL;
     if (method == LLOCO_COMPRESS_ICAE) {
         p->segment_tokens = 512;
         p->n_summary = 128;
@@ -173,6 +174,8 @@ int lloco_compressor_fingerprint(const lloco_compressor *c, lloco_store_fingerpr
     fp->d_model = c->d_model;
     fp->slot_dtype = c->p.slot_dtype;
     snprintf(fp->summary_init, sizeof fp->summary_init, "%s", c->init);
+    if (c->p.encoder_adapter)
+        snprintf(fp->encoder_lora, sizeof fp->encoder_lora, "%s", c->p.encoder_adapter->name);
     return 0;
 }
 
@@ -212,7 +215,8 @@ int lloco_compress(lloco_compressor *c, const int32_t *tokens, int n_tokens, llo
             put_embd(c, n++, c->summary + (size_t)i * dm);
         }
         lloco_seq_batch b = {.kv = c->kv, .n = n, .tokens = c->ids, .embd = c->embd,
-                             .n_out = ns, .out_idx = c->out_idx, .hidden = c->hidden};
+                             .n_out = ns, .out_idx = c->out_idx, .hidden = c->hidden,
+                             .adapter = c->p.encoder_adapter};
         int rc = lloco_decoder_forward(c->d, &b, 1);
         if (rc) return rc;
         c->positions += n;

@@ -30,6 +30,10 @@ typedef struct {
     int n_summary;          /* slots per segment: 50 (30.7x), ICAE k = 128 */
     int accumulate;         /* AutoCompressor: feed earlier summaries forward */
     lloco_dtype slot_dtype; /* F16 (default), F32 or BF16 */
+    /* The encoder's LoRA (ICAE's encoder = base model + LoRA), applied to
+     * every compression pass; NULL for none. Must outlive the compressor;
+     * the fingerprint records its name. */
+    const lloco_adapter_view *encoder_adapter;
 } lloco_compress_params;
 
 void lloco_compress_params_default(lloco_compress_params *p, lloco_compress_method method);

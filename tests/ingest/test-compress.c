@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "ingest/ingest.h"
+#include "lora_bank/lora_bank.h"
 #include "test.h"
 
 /* The fixture model is F32; lloco's difference to transformers' float32 is
@@ -219,6 +220,54 @@ TEST_CASE(compress_slot_dtypes_fingerprint_stop) {
         lloco_compressor_free(c);
     }
     free(ref);
+    lloco_decoder_free(d);
+    lloco_model_close(m);
+}
+
+/* An encoder LoRA (ICAE's encoder) changes the slots exactly as merging it
+ * into the weights does, and the fingerprint names it. */
+TEST_CASE(compress_encoder_lora) {
+    lloco_model *m = NULL;
+    lloco_decoder *d = NULL, *dm_ = NULL;
+    lloco_lora *ad = NULL;
+    CHECK_OK(open_decoder("tiny-llama/hf", LLOCO_BACKEND_CPU, &m, &d));
+    if (d) CHECK_OK(lloco_decoder_create(m, NULL, &dm_));
+    if (dm_) CHECK_OK(lloco_lora_open(lloco_test_fixture("lora/r8-qkvo"), NULL, m, &ad));
+    if (!ad) goto out;
+    CHECK_OK(lloco_decoder_merge_adapter(dm_, lloco_lora_view(ad)));
+    const int dmod = lloco_model_hparams(m)->d_model, ns = 4, n_tok = 40;
+    int32_t tokens[40];
+    for (int i = 0; i < n_tok; i++) tokens[i] = (i * 53 + 7) % 200;
+    const size_t n = (size_t)3 * ns * dmod;
+    float *runs[3];
+    for (int k = 0; k < 3; k++) { /* 0: unmerged LoRA, 1: merged, 2: none */
+        lloco_compress_params p;
+        lloco_compress_params_default(&p, LLOCO_COMPRESS_ICAE);
+        p.segment_tokens = 16;
+        p.n_summary = ns;
+        p.slot_dtype = LLOCO_DTYPE_F32;
+        /* a decoder with an adapter merged runs only sequences naming it */
+        p.encoder_adapter = k < 2 ? lloco_lora_view(ad) : NULL;
+        lloco_compressor *c = NULL;
+        CHECK_OK(lloco_compressor_create(k == 1 ? dm_ : d, &p, &c));
+        collect col = {.slots = calloc(n, sizeof(float)), .ns = ns, .dm = dmod,
+                       .dt = LLOCO_DTYPE_F32, .stop_at = -1};
+        runs[k] = col.slots;
+        if (!c) continue;
+        CHECK_OK(lloco_compress(c, tokens, n_tok, on_segment, &col));
+        CHECK(col.n_seg == 3);
+        lloco_store_fingerprint fp;
+        CHECK_OK(lloco_compressor_fingerprint(c, &fp));
+        CHECKF(!strcmp(fp.encoder_lora, k < 2 ? "r8-qkvo" : ""), "encoder_lora '%s'", fp.encoder_lora);
+        lloco_compressor_free(c);
+    }
+    double same = nmse(runs[1], runs[0], n), differ = nmse(runs[2], runs[0], n);
+    CHECKF(same < 1e-8, "unmerged vs merged encoder LoRA: nmse %g", same);
+    CHECKF(differ > 1e-4, "the LoRA changed nothing: nmse %g vs no adapter", differ);
+    for (int k = 0; k < 3; k++) free(runs[k]);
+out:
+    lloco_lora_close(ad);
+    lloco_decoder_free(dm_);
     lloco_decoder_free(d);
     lloco_model_close(m);
 }
