@@ -136,11 +136,28 @@ static void targets_of(unsigned bits, char *buf, size_t cap) {
     if (!used) snprintf(buf, cap, "-");
 }
 
+/* rank and targets of one adapter, while it is resident */
+typedef struct {
+    const char *name;
+    int r, max_rank;
+    unsigned targets;
+} info_probe;
+
+static int probe_info(void *user, const lloco_bank_entry *e) {
+    info_probe *p = user;
+    if (strcmp(e->name, p->name) || !e->info) return 0;
+    p->r = e->info->r;
+    p->max_rank = e->info->max_rank;
+    p->targets = e->info->targets;
+    return 1; /* found: stop */
+}
+
 static int adapters_list(int argc, char **argv) {
     adapter_opts o;
     int rc = parse_opts(argc, argv, " --dir --store -m --model ", &o);
     if (rc) return rc;
-    if (o.n_args) return cli_usage_error("usage: lloco adapters list [--dir D] [--store DIR] [-m MODEL]%s", "");
+    if (o.n_args)
+        return cli_usage_error("usage: lloco adapters list [--dir D] [--store DIR] [-m MODEL]%s", "");
     list_state s = {0};
     lloco_model *m = NULL;
     lloco_bank *b = NULL;
@@ -165,18 +182,22 @@ static int adapters_list(int argc, char **argv) {
         const lloco_adapter_view *v = NULL;
         char *err = NULL;
         if (lloco_bank_acquire_wait(b, l->name, &v) == 0) {
-            lloco_bank_entry_info_fn: (void)0;
-            lloco_lora *unused = NULL;
-            (void)unused;
-        }
-        if (v) {
+            info_probe pr = {.name = l->name};
+            lloco_bank_foreach(b, probe_info, &pr);
+            if (pr.max_rank) {
+                if (pr.r && pr.r != pr.max_rank) snprintf(rank, sizeof rank, "%d-%d", pr.r, pr.max_rank);
+                else snprintf(rank, sizeof rank, "%d", pr.max_rank);
+            }
+            targets_of(pr.targets, targets, sizeof targets);
             lloco_bank_release(b, l->name);
+            lloco_bank_unload(b, l->name); /* one at a time in memory */
         } else {
             err = strdup(lloco_last_error());
         }
-        free(err);
         printf("%-24s %10s %5s  %-22s %-16s %s\n", l->name, size, rank, targets, groups,
                l->resident ? "yes" : "no");
+        if (err) printf("  %s: cannot load: %s\n", l->name, err);
+        free(err);
     }
     for (int i = 0; !rc && i < s.n_groups; i += 2) {
         int found = 0;
@@ -192,4 +213,57 @@ static int adapters_list(int argc, char **argv) {
     lloco_bank_close(b);
     lloco_model_close(m);
     return rc ? cli_fail(rc) : 0;
+}
+
+/* ---- assign / unassign ------------------------------------------------------ */
+
+static int adapters_assign(int argc, char **argv) {
+    adapter_opts o;
+    int rc = parse_opts(argc, argv, " --dir --store -m --model ", &o);
+    if (rc) return rc;
+    if (!o.store || o.n_args != 2)
+        return cli_usage_error(
+            "usage: lloco adapters assign --store DIR [--dir D] [-m MODEL] GROUP NAME%s", "");
+    const char *group = o.args[0], *name = o.args[1];
+    lloco_store *st = NULL;
+    lloco_model *m = NULL;
+    lloco_bank *b = NULL;
+    /* the store first: it is cheap to open and the likelier typo */
+    rc = lloco_store_open(o.store, NULL, 0, &st);
+    if (!rc) rc = open_bank(&o, &m, &b);
+    /* loaded once, so a name that is missing or does not fit the model is
+     * refused now rather than at serving time */
+    const lloco_adapter_view *v = NULL;
+    if (!rc) rc = lloco_bank_acquire_wait(b, name, &v);
+    if (v) lloco_bank_release(b, name);
+    if (!rc) rc = lloco_store_group_set(st, group, name);
+    if (!rc) printf("group %s -> adapter %s\n", group[0] ? group : "(default)", name);
+    lloco_bank_close(b);
+    lloco_model_close(m);
+    lloco_store_close(st);
+    return rc ? cli_fail(rc) : 0;
+}
+
+static int adapters_unassign(int argc, char **argv) {
+    adapter_opts o;
+    int rc = parse_opts(argc, argv, " --store ", &o);
+    if (rc) return rc;
+    if (!o.store || o.n_args != 1)
+        return cli_usage_error("usage: lloco adapters unassign --store DIR GROUP%s", "");
+    lloco_store *st = NULL;
+    rc = lloco_store_open(o.store, NULL, 0, &st);
+    if (!rc) rc = lloco_store_group_unset(st, o.args[0]);
+    if (rc == LLOCO_ERR_NOTFOUND && st)
+        rc = lloco_error(rc, "group %s has no adapter in %s", o.args[0], o.store);
+    if (!rc) printf("group %s: no adapter\n", o.args[0]);
+    lloco_store_close(st);
+    return rc ? cli_fail(rc) : 0;
+}
+
+int cmd_adapters(int argc, char **argv) {
+    const char *sub = argc > 0 ? argv[0] : "";
+    if (!strcmp(sub, "list")) return adapters_list(argc - 1, argv + 1);
+    if (!strcmp(sub, "assign")) return adapters_assign(argc - 1, argv + 1);
+    if (!strcmp(sub, "unassign")) return adapters_unassign(argc - 1, argv + 1);
+    return cli_usage_error("usage: lloco adapters list|assign|unassign ... (got '%s')", sub);
 }

@@ -16,10 +16,13 @@ int cli_parse_float(const char *s, double lo, double hi, float *out);
 /* rel under the models folder ($LLOCO_MODELS, else the one setup fills);
  * the string stays valid across the next three calls. */
 const char *cli_default_model(const char *rel);
+/* The adapters directory: $LLOCO_ADAPTERS, else adapters/ in the models folder. */
+const char *cli_default_adapters_dir(void);
 
 int cmd_ingest(int argc, char **argv);
 int cmd_search(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
 int cmd_reindex(int argc, char **argv);
+int cmd_adapters(int argc, char **argv);
 
 #endif

@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "decoder/decoder.h"
+#include "lora_bank/lora_bank.h"
 
 #define MAX_STOPS 16
 
@@ -26,6 +27,11 @@ const char *cli_default_model(const char *rel) {
     const char *dir = getenv("LLOCO_MODELS");
     snprintf(buf, sizeof bufs[0], "%s/%s", dir && *dir ? dir : LLOCO_DEFAULT_MODELS_DIR, rel);
     return buf;
+}
+
+const char *cli_default_adapters_dir(void) {
+    const char *dir = getenv("LLOCO_ADAPTERS");
+    return dir && *dir ? dir : cli_default_model("adapters");
 }
 
 int cli_usage_error(const char *fmt, const char *arg) {
@@ -48,6 +54,9 @@ static void usage(FILE *f) {
             "  search --store DIR QUESTION ranked chunks for a question\n"
             "  stats --store DIR           what the store holds and how it was encoded\n"
             "  reindex --store DIR         rebuild the search index from the store\n"
+            "  adapters list|assign|unassign  LoRA adapters on disk and the group -> adapter\n"
+            "                              map: list [--dir D] [--store DIR] [-m MODEL],\n"
+            "                              assign --store DIR GROUP NAME, unassign --store DIR GROUP\n"
             "  help                        this text\n"
             "\n"
             "generation options (generate, chat):\n"
@@ -69,13 +78,18 @@ static void usage(FILE *f) {
             "      --raw           do not add BOS; parse no special tokens in the prompt\n"
             "      --stats         print prompt/decode speeds to stderr\n"
             "      --ids-out FILE  write prompt and generated token ids as JSON (generate)\n"
-            "      --logits-out F  write the logits after the prompt as raw f32 (generate)\n");
+            "      --logits-out F  write the logits after the prompt as raw f32 (generate)\n"
+            "      --adapter NAME  apply the LoRA adapter NAME of the adapters directory\n"
+            "      --adapters-dir D  adapters directory (default: $LLOCO_ADAPTERS, else\n"
+            "                      adapters/ in the models folder)\n"
+            "      --merge         merge the adapter into the weights (one adapter, faster decode)\n");
 }
 
 typedef struct {
     const char *model, *prompt, *system;
     const char *ids_out, *logits_out;
-    int max_tokens, threads, ctx, chat, raw, stats;
+    const char *adapter, *adapters_dir;
+    int max_tokens, threads, ctx, chat, raw, stats, merge;
     lloco_backend_kind backend;
     lloco_dtype kv_type;
     lloco_sampler_params sp;
@@ -171,6 +185,14 @@ static int parse_gen_opts(int argc, char **argv, gen_opts *o) {
         } else if (!strcmp(a, "--logits-out")) {
             NEED_VALUE();
             o->logits_out = v;
+        } else if (!strcmp(a, "--adapter")) {
+            NEED_VALUE();
+            o->adapter = v;
+        } else if (!strcmp(a, "--adapters-dir")) {
+            NEED_VALUE();
+            o->adapters_dir = v;
+        } else if (!strcmp(a, "--merge")) {
+            o->merge = 1;
         } else if (!strcmp(a, "--chat")) {
             o->chat = 1;
         } else if (!strcmp(a, "--raw")) {
@@ -183,6 +205,8 @@ static int parse_gen_opts(int argc, char **argv, gen_opts *o) {
 #undef NEED_VALUE
     }
     if (!o->model) o->model = cli_default_model(DEFAULT_MODEL_FILE);
+    if (o->merge && !o->adapter) return cli_usage_error("--merge needs --adapter NAME%s", "");
+    if (!o->adapters_dir) o->adapters_dir = cli_default_adapters_dir();
     return 0;
 }
 
@@ -191,11 +215,16 @@ typedef struct {
     lloco_model *model;
     lloco_decoder *dec;
     lloco_kv *kv;
+    lloco_bank *bank;                 /* when an adapter is asked for */
+    const lloco_adapter_view *adapter; /* pinned in bank */
+    const char *adapter_name;
 } session;
 
 static void session_close(session *s) {
     lloco_kv_free(s->kv);
-    lloco_decoder_free(s->dec);
+    lloco_decoder_free(s->dec); /* before the adapter it may have merged goes */
+    if (s->adapter) lloco_bank_release(s->bank, s->adapter_name);
+    lloco_bank_close(s->bank);
     lloco_model_close(s->model);
 }
 
@@ -208,6 +237,14 @@ static int session_open(session *s, const gen_opts *o) {
     int rc = lloco_model_open(o->model, &s->model);
     if (!rc) rc = lloco_decoder_create(s->model, &dp, &s->dec);
     if (!rc) rc = lloco_kv_create(s->model, o->ctx, o->kv_type, &s->kv);
+    if (!rc && o->adapter) {
+        lloco_bank_params bp = {.dir = o->adapters_dir};
+        rc = lloco_bank_open(&bp, s->model, &s->bank);
+        if (!rc) rc = lloco_bank_acquire_wait(s->bank, o->adapter, &s->adapter);
+        s->adapter_name = o->adapter;
+        /* merged, the decoder still expects the view on every sequence */
+        if (!rc && o->merge) rc = lloco_decoder_merge_adapter(s->dec, s->adapter);
+    }
     if (rc) session_close(s);
     return rc;
 }
@@ -333,6 +370,7 @@ static int cmd_generate(int argc, char **argv) {
     if (!rc) {
         lloco_generate_params gp;
         fill_generate_params(&o, &gp);
+        gp.adapter = s.adapter;
         lloco_generate_stats st;
         int n_vocab = lloco_model_hparams(s.model)->n_vocab;
         int32_t *gen = malloc(sizeof(int32_t) * (size_t)(o.max_tokens + 1));
@@ -411,6 +449,7 @@ static int cmd_chat(int argc, char **argv) {
         lloco_kv_truncate(s.kv, keep);
         lloco_generate_params gp;
         fill_generate_params(&o, &gp);
+        gp.adapter = s.adapter;
         lloco_generate_stats st;
         rc = lloco_generate(s.dec, s.kv, ids + keep, n - keep, &gp, gen, o.max_tokens, &st);
         printf("\n");
@@ -466,5 +505,6 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "search")) return cmd_search(argc - 2, argv + 2);
     if (!strcmp(cmd, "stats")) return cmd_stats(argc - 2, argv + 2);
     if (!strcmp(cmd, "reindex")) return cmd_reindex(argc - 2, argv + 2);
+    if (!strcmp(cmd, "adapters")) return cmd_adapters(argc - 2, argv + 2);
     return cli_usage_error("unknown command '%s'", cmd);
 }

@@ -22,8 +22,20 @@ typedef struct {
     int n_args;
 } store_opts;
 
-/* Shared flag parser: `allowed` lists the flags this command takes. */
+static int parse_flags(int argc, char **argv, const char *allowed, store_opts *o);
+
+/* Shared flag parser: `allowed` lists the flags this command takes. On
+ * success the caller frees o->args. */
 static int parse_store_opts(int argc, char **argv, const char *allowed, store_opts *o) {
+    int rc = parse_flags(argc, argv, allowed, o);
+    if (rc) {
+        free(o->args);
+        o->args = NULL;
+    }
+    return rc;
+}
+
+static int parse_flags(int argc, char **argv, const char *allowed, store_opts *o) {
     memset(o, 0, sizeof *o);
     o->k = 5;
     lloco_compress_params_default(&o->cp, LLOCO_COMPRESS_AUTOCOMPRESSOR);

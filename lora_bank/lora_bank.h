@@ -74,4 +74,58 @@ typedef struct {
 
 const lloco_lora_info *lloco_lora_get_info(const lloco_lora *a);
 
+/* ---- the bank ------------------------------------------------------------
+ * Adapters on disk under one directory, named by their entry there (a PEFT
+ * folder, or NAME.gguf), loaded on first use into memory under a byte
+ * budget, evicted least-recently-used, pinned while a sequence uses them.
+ * Loads run on the bank's own loader thread, never on the caller's.
+ *
+ * Names: one path component of [A-Za-z0-9._-], not "." or "..", and the
+ * entry must resolve (symlinks followed) inside the directory; anything
+ * else is LLOCO_ERR_INVAL naming the adapter. All functions are
+ * thread-safe. */
+
+typedef struct lloco_bank lloco_bank;
+
+typedef struct {
+    const char *dir;      /* the adapters directory */
+    size_t budget_bytes;  /* resident matrices; 0: 1 GiB */
+} lloco_bank_params;
+
+int lloco_bank_open(const lloco_bank_params *p, const lloco_model *base, lloco_bank **out);
+/* Waits for the loader thread; every pin must have been released. */
+void lloco_bank_close(lloco_bank *b);
+
+/* Non-blocking. Resident: pins it, *view set, returns 0. Not resident yet:
+ * queues a load (once) and returns 0 with *view NULL; call again later (the
+ * optional notify callback below says when). A name that does not exist
+ * or whose load failed: the error (the failure is remembered until
+ * lloco_bank_unload or a rescan, so a bad adapter is not retried in a loop),
+ * and the bank goes on serving the others. Each successful pin needs one
+ * lloco_bank_release. */
+int lloco_bank_acquire(lloco_bank *b, const char *name, const lloco_adapter_view **view);
+void lloco_bank_release(lloco_bank *b, const char *name);
+/* Blocking load (CLI use); pins like acquire. */
+int lloco_bank_acquire_wait(lloco_bank *b, const char *name, const lloco_adapter_view **view);
+/* Called on the loader thread after each load finishes (ok or not). */
+void lloco_bank_set_notify(lloco_bank *b, void (*fn)(void *user, const char *name, int rc),
+                           void *user);
+/* Evicts an unpinned adapter now (LLOCO_ERR_BUSY while pinned)
+ * and forgets a remembered load failure. */
+int lloco_bank_unload(lloco_bank *b, const char *name);
+
+typedef struct {
+    const char *name;
+    size_t file_bytes;          /* on disk */
+    int resident, loading, pins;
+    const lloco_lora_info *info; /* NULL unless resident */
+    const char *error;           /* last load failure, or NULL */
+} lloco_bank_entry;
+
+/* Calls fn for every adapter on disk (rescanning the directory), sorted by
+ * name; entries are valid during the call only. */
+int lloco_bank_foreach(lloco_bank *b, int (*fn)(void *user, const lloco_bank_entry *e), void *user);
+size_t lloco_bank_resident_bytes(const lloco_bank *b);
+int lloco_bank_n_resident(const lloco_bank *b);
+
 #endif

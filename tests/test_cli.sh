@@ -65,8 +65,37 @@ expect reindex 0 'reindexed .*: 8 vectors' -- "$LLOCO" reindex --store "$tmp/s"
 expect reindex-hnsw 0 'reindexed .*: 8 vectors' -- "$LLOCO" reindex --store "$tmp/s" --hnsw-threshold 4
 expect stats-hnsw 0 'index +HNSW, 8 vectors' -- "$LLOCO" stats --store "$tmp/s"
 expect search-hnsw 0 '^1\. [0-9.]+ +d1 +"Bees"' -- "$LLOCO" search --store "$tmp/s" "${EMB[@]}" --group g1 honey
+LORA_ENC=(-m "$SRC/tests/fixtures/tiny-llama/hf" "${EMB[@]}" --method icae --segment-tokens 16 --n-summary 4)
+expect ingest-encoder-lora 0 '^ingested 1 documents' -- "$LLOCO" ingest --store "$tmp/icae" "${LORA_ENC[@]}" --encoder-lora "$SRC/tests/fixtures/lora/r8-qkvo" "$tmp/a.txt"
+expect stats-encoder-lora 0 'LoRA r8-qkvo' -- "$LLOCO" stats --store "$tmp/icae"
+expect ingest-other-encoder-lora 1 "different encoder: encoder_lora: stored 'r8-qkvo', given ''" -- "$LLOCO" ingest --store "$tmp/icae" "${LORA_ENC[@]}" "$tmp/a.txt"
+expect ingest-missing-lora 3 'nolora' -- "$LLOCO" ingest --store "$tmp/icae2" "${LORA_ENC[@]}" --encoder-lora "$tmp/nolora" "$tmp/a.txt"
 cp -r "$tmp/s" "$tmp/t" && truncate -s 8192 "$tmp/t/data.mdb"
 expect truncated-store 1 'data.mdb is truncated' -- "$LLOCO" stats --store "$tmp/t"
+
+# adapters: the PEFT fixtures for the tiny model, the group map in the store above.
+LORA=$SRC/tests/fixtures/lora
+AD=(--dir "$LORA" -m "$TINY/hf")
+expect adapters-list 0 '^r8-qkvo +115\.1 KiB +8 +q,k,v,o +- +no' -- "$LLOCO" adapters list "${AD[@]}"
+expect adapters-assign 0 'group g1 -> adapter r8-qkvo' -- "$LLOCO" adapters assign --store "$tmp/s" "${AD[@]}" g1 r8-qkvo
+expect adapters-list-groups 0 '^r8-qkvo +.* g1 +no' -- "$LLOCO" adapters list --store "$tmp/s" "${AD[@]}"
+expect adapters-assign-unknown 3 "adapter 'nosuch': no PEFT folder" -- "$LLOCO" adapters assign --store "$tmp/s" "${AD[@]}" g2 nosuch
+expect adapters-assign-dotdot 1 "adapter '\.\.': invalid name" -- "$LLOCO" adapters assign --store "$tmp/s" "${AD[@]}" g2 ..
+[ -f "$MODEL" ] && expect adapters-assign-misfit 1 "r8-qkvo.*missing tensor" -- "$LLOCO" adapters assign --store "$tmp/s" --dir "$LORA" -m "$MODEL" g2 r8-qkvo
+expect adapters-unassign 0 'group g1: no adapter' -- "$LLOCO" adapters unassign --store "$tmp/s" g1
+expect adapters-unassign-again 3 'group g1 has no adapter' -- "$LLOCO" adapters unassign --store "$tmp/s" g1
+expect generate-adapter-dotdot 1 "adapter '\.\./r8-qkvo': invalid name" -- "$LLOCO" generate -m "$TINY/hf" -p Hi -n 4 --adapters-dir "$LORA" --adapter ../r8-qkvo
+# an adapter changes greedy output; merged gives the same tokens as unmerged
+"$LLOCO" generate -m "$TINY/hf" -p Hello -n 12 --ids-out "$tmp/base.json" >/dev/null 2>&1
+"$LLOCO" generate -m "$TINY/hf" -p Hello -n 12 --adapters-dir "$LORA" --adapter r8-qkvo --ids-out "$tmp/lora.json" >/dev/null 2>&1
+"$LLOCO" generate -m "$TINY/hf" -p Hello -n 12 --adapters-dir "$LORA" --adapter r8-qkvo --merge --ids-out "$tmp/merged.json" >/dev/null 2>&1
+if [ -s "$tmp/lora.json" ] && cmp -s "$tmp/lora.json" "$tmp/merged.json" && ! cmp -s "$tmp/base.json" "$tmp/lora.json"; then
+    pass=$((pass + 1))
+else
+    fail=$((fail + 1))
+    echo "FAIL generate-adapter: base/adapter/merged ids:"
+    cat "$tmp/base.json" "$tmp/lora.json" "$tmp/merged.json"
+fi
 
 # The same seed gives the same sampled text; greedy ignores the seed.
 "$LLOCO" generate -m "$TINY/tiny-q4_1.gguf" -p Hi -n 16 --temp 1 --seed 7 >"$tmp/a" 2>&1
