@@ -237,6 +237,18 @@ size_t lloco_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
     return need;
 }
 
+int lloco_is_file(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+char *lloco_path_join(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
 void lloco_assert_fail(const char *cond, const char *file, int line) {
     fprintf(stderr, "lloco: assertion failed: %s (%s:%d)\n", cond, file, line);
     abort();

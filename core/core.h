@@ -74,6 +74,10 @@ void lloco_file_unmap(lloco_mapped_file *m);
 /* Reads a whole file into a NUL-terminated heap buffer (caller frees).
  * Refuses files larger than max_bytes. */
 int lloco_file_read(const char *path, size_t max_bytes, char **out, size_t *len);
+/* Whether path names a regular file (symlinks followed). */
+int lloco_is_file(const char *path);
+/* "dir/name" in a heap string the caller frees; NULL when out of memory. */
+char *lloco_path_join(const char *dir, const char *name);
 
 /* Overflow-checked size arithmetic: return 0 on success, LLOCO_ERR_RANGE on
  * overflow. */

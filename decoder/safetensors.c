@@ -382,11 +382,6 @@ static int ends_with(const char *s, const char *suffix) {
     return n >= m && !strcmp(s + n - m, suffix);
 }
 
-static int file_exists(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
 static int open_path(lloco_st *st, const char *path) {
     struct stat sb;
     if (stat(path, &sb) != 0)
@@ -398,11 +393,11 @@ static int open_path(lloco_st *st, const char *path) {
         if (!p) return lloco_error(LLOCO_ERR_NOMEM, "%s: out of memory", path);
         int rc;
         snprintf(p, n, "%s/model.safetensors.index.json", path);
-        if (file_exists(p)) {
+        if (lloco_is_file(p)) {
             rc = open_index(st, p);
         } else {
             snprintf(p, n, "%s/model.safetensors", path);
-            if (file_exists(p)) rc = open_path(st, p);
+            if (lloco_is_file(p)) rc = open_path(st, p);
             else rc = lloco_error(LLOCO_ERR_NOTFOUND,
                                   "%s: no model.safetensors or model.safetensors.index.json",
                                   path);

@@ -345,15 +345,10 @@ static int find_pairs(const lora_ctx *c, const lloco_st *st, int nl, lora_pair *
     return 0;
 }
 
-static int is_file(const char *p) {
-    struct stat sb;
-    return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
 int lora_open_peft(const lora_ctx *c, const lloco_model *base, lloco_lora **out) {
     char path[4200];
     snprintf(path, sizeof path, "%s/adapter_config.json", c->path);
-    if (!is_file(path)) return lora_fail(c, LLOCO_ERR_NOTFOUND, "no adapter_config.json");
+    if (!lloco_is_file(path)) return lora_fail(c, LLOCO_ERR_NOTFOUND, "no adapter_config.json");
     char *text;
     int rc = lloco_file_read(path, 1 << 20, &text, NULL);
     if (rc) return lora_fail(c, rc, "adapter_config.json: %s", lloco_last_error());
@@ -369,9 +364,9 @@ int lora_open_peft(const lora_ctx *c, const lloco_model *base, lloco_lora **out)
     const int nl = lloco_model_hparams(base)->n_layer;
     if ((rc = parse_config(c, json, &cf))) goto done;
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", c->path);
-    if (!is_file(path)) {
+    if (!lloco_is_file(path)) {
         snprintf(path, sizeof path, "%s/adapter_model.bin", c->path);
-        rc = is_file(path)
+        rc = lloco_is_file(path)
                  ? lora_fail(c, LLOCO_ERR_UNSUPPORTED,
                              "adapter_model.bin is a pickled PyTorch file, which lloco does "
                              "not read; save the adapter with safe_serialization=True")

@@ -80,25 +80,13 @@ struct lloco_embedder {
 
 /* ---- config files ------------------------------------------------------------- */
 
-static char *path_join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
-static int is_file(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
 /* dir/name parsed; *root NULL (0 returned) when absent and optional. */
 static int read_json(const char *dir, const char *name, int optional, cJSON **root) {
     *root = NULL;
-    char *path = path_join(dir, name);
+    char *path = lloco_path_join(dir, name);
     if (!path) return lloco_error(LLOCO_ERR_NOMEM, "embedder: no memory");
     int rc = 0;
-    if (!optional || is_file(path)) {
+    if (!optional || lloco_is_file(path)) {
         char *text = NULL;
         size_t len = 0;
         rc = lloco_file_read(path, MAX_CONFIG_BYTES, &text, &len);
@@ -385,13 +373,13 @@ static int alloc_work(lloco_embedder *e) {
 }
 
 static int open_weights(lloco_embedder *e, const char *dir) {
-    char *path = path_join(dir, "model.safetensors");
+    char *path = lloco_path_join(dir, "model.safetensors");
     if (!path) return lloco_error(LLOCO_ERR_NOMEM, "embedder: no memory");
     int rc;
-    if (!is_file(path)) {
-        char *bin = path_join(dir, "pytorch_model.bin");
+    if (!lloco_is_file(path)) {
+        char *bin = lloco_path_join(dir, "pytorch_model.bin");
         rc = lloco_error(LLOCO_ERR_NOTFOUND, "%s: no model.safetensors%s", dir,
-                         bin && is_file(bin) ? " (pytorch_model.bin is not read: convert it "
+                         bin && lloco_is_file(bin) ? " (pytorch_model.bin is not read: convert it "
                                                "to safetensors)" : "");
         free(bin);
     } else if (!(rc = lloco_st_open(path, &e->st))) {

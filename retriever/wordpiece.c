@@ -136,23 +136,11 @@ static int add_added(lloco_wp *wp, const char *path, const char *text, int32_t i
 
 /* ---- loading --------------------------------------------------------------- */
 
-static char *path_join(const char *dir, const char *name) {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
-static int file_exists(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
 /* Parses a JSON file; *root NULL (and 0 returned) if it is absent and
  * optional. */
 static int read_json(const char *path, int optional, cJSON **root) {
     *root = NULL;
-    if (optional && !file_exists(path)) return 0;
+    if (optional && !lloco_is_file(path)) return 0;
     char *text = NULL;
     size_t len = 0;
     int rc = lloco_file_read(path, MAX_JSON_BYTES, &text, &len);
@@ -383,8 +371,8 @@ static int load_vocab_txt(lloco_wp *wp, const char *dir, const char *path) {
     char *text = NULL;
     size_t len = 0;
     cJSON *cfg = NULL, *map = NULL;
-    char *cfg_path = path_join(dir, "tokenizer_config.json");
-    char *map_path = path_join(dir, "special_tokens_map.json");
+    char *cfg_path = lloco_path_join(dir, "tokenizer_config.json");
+    char *map_path = lloco_path_join(dir, "special_tokens_map.json");
     int rc = (!cfg_path || !map_path) ? lloco_error(LLOCO_ERR_NOMEM, "tokenizer: no memory") : 0;
     if (rc || (rc = lloco_file_read(path, MAX_JSON_BYTES, &text, &len)) ||
         (rc = read_json(cfg_path, 1, &cfg)) || (rc = read_json(map_path, 1, &map)))
@@ -432,11 +420,11 @@ done:
 int lloco_wp_load(const char *dir, lloco_wp **out) {
     *out = NULL;
     lloco_wp *wp = calloc(1, sizeof *wp);
-    char *json = path_join(dir, "tokenizer.json"), *txt = path_join(dir, "vocab.txt");
+    char *json = lloco_path_join(dir, "tokenizer.json"), *txt = lloco_path_join(dir, "vocab.txt");
     int rc = (!wp || !json || !txt) ? lloco_error(LLOCO_ERR_NOMEM, "tokenizer: no memory") : 0;
     if (!rc) {
-        if (file_exists(json)) rc = load_json(wp, json);
-        else if (file_exists(txt)) rc = load_vocab_txt(wp, dir, txt);
+        if (lloco_is_file(json)) rc = load_json(wp, json);
+        else if (lloco_is_file(txt)) rc = load_vocab_txt(wp, dir, txt);
         else rc = lloco_error(LLOCO_ERR_NOTFOUND, "%s: no tokenizer.json or vocab.txt", dir);
     }
     free(json);
