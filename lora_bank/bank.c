@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -156,6 +157,12 @@ static void forget_error(bank_ad *e) {
 
 static void *loader_main(void *arg) {
     lloco_bank *b = arg;
+    /* Loads must not slow the decode steps running meanwhile: with SCHED_IDLE
+     * the loader only gets CPU time the decoder leaves unused (between
+     * dispatches and steps), so a load takes longer under full load but the
+     * running batch is not stalled (bench/benchmark-lora measures it). */
+    struct sched_param idle = {.sched_priority = 0};
+    pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
     pthread_mutex_lock(&b->mu);
     for (;;) {
         while (!b->stop && !b->qhead) pthread_cond_wait(&b->work, &b->mu);
