@@ -391,6 +391,7 @@ typedef struct {
     void *user;
     float *prompt_logits; /* optional [n_vocab]: logits after the prompt */
     const lloco_adapter_view *adapter; /* LoRA adapter, or NULL (see lloco_seq_batch) */
+    int ignore_eos; /* end-of-generation tokens do not stop (benchmarks) */
 } lloco_generate_params;
 
 typedef struct {
@@ -400,6 +401,23 @@ typedef struct {
 } lloco_generate_stats;
 
 void lloco_generate_params_default(lloco_generate_params *p);
+
+/* Generated ids -> final text: streaming detokenization (whole UTF-8
+ * characters) and stop strings, whose text is held back while it could
+ * still be the start of one and never emitted. on_text gets each final
+ * piece (non-zero return stops). lloco_generate and the server's scheduler
+ * both use it. The stop strings are copied. */
+typedef struct lloco_textout lloco_textout;
+int lloco_textout_create(const lloco_tokenizer *t, const char *const *stop, int n_stop,
+                         int (*on_text)(const char *text, size_t len, void *user), void *user,
+                         lloco_textout **out);
+void lloco_textout_free(lloco_textout *o);
+/* Feeds one generated id that is not end-of-generation. Returns 0 to go
+ * on, 1 when generation must end (*stop = LLOCO_STOP_STRING or
+ * LLOCO_STOP_CALLBACK), or a negative error. */
+int lloco_textout_push(lloco_textout *o, int32_t id, lloco_stop_reason *stop);
+/* At the end of generation (not after a stop): emits the held-back text. */
+int lloco_textout_finish(lloco_textout *o);
 /* Feeds prompt[n_prompt] (appended to kv) and samples up to max_tokens.
  * Generated token ids go to out_ids (cap out_cap, may be NULL). */
 int lloco_generate(lloco_decoder *d, lloco_kv *kv, const int32_t *prompt, int n_prompt,

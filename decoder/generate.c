@@ -14,44 +14,81 @@ void lloco_generate_params_default(lloco_generate_params *p) {
     lloco_sampler_params_default(&p->sampling);
 }
 
-typedef struct {
-    char *buf;
+struct lloco_textout {
+    lloco_detok dt;
+    char **stop;
+    int n_stop;
+    int (*on_text)(const char *text, size_t len, void *user);
+    void *user;
+    char *buf; /* pending text: decoded but maybe the start of a stop string */
     size_t len, cap;
-} text_buf;
+    int ended;
+};
 
-static int text_append(text_buf *t, const char *s, size_t n) {
-    if (t->len + n + 1 > t->cap) {
-        size_t cap = (t->cap + n + 1) * 2;
-        char *b = realloc(t->buf, cap);
-        if (!b) return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
-        t->buf = b;
-        t->cap = cap;
+int lloco_textout_create(const lloco_tokenizer *t, const char *const *stop, int n_stop,
+                         int (*on_text)(const char *text, size_t len, void *user), void *user,
+                         lloco_textout **out) {
+    *out = NULL;
+    for (int i = 0; i < n_stop; i++)
+        if (!stop[i] || !stop[i][0]) return lloco_error(LLOCO_ERR_INVAL, "empty stop string");
+    lloco_textout *o = calloc(1, sizeof *o);
+    if (!o || (n_stop && !(o->stop = calloc((size_t)n_stop, sizeof *o->stop)))) {
+        free(o);
+        return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
     }
-    memcpy(t->buf + t->len, s, n);
-    t->len += n;
-    t->buf[t->len] = 0;
+    for (int i = 0; i < n_stop; i++, o->n_stop++)
+        if (!(o->stop[i] = strdup(stop[i]))) {
+            lloco_textout_free(o);
+            return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
+        }
+    lloco_detok_init(&o->dt, t, 0);
+    o->on_text = on_text;
+    o->user = user;
+    *out = o;
+    return 0;
+}
+
+void lloco_textout_free(lloco_textout *o) {
+    if (!o) return;
+    for (int i = 0; i < o->n_stop; i++) free(o->stop[i]);
+    free(o->stop);
+    free(o->buf);
+    free(o);
+}
+
+static int text_append(lloco_textout *o, const char *s, size_t n) {
+    if (o->len + n + 1 > o->cap) {
+        size_t cap = (o->cap + n + 1) * 2;
+        char *b = realloc(o->buf, cap);
+        if (!b) return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
+        o->buf = b;
+        o->cap = cap;
+    }
+    memcpy(o->buf + o->len, s, n);
+    o->len += n;
+    o->buf[o->len] = 0;
     return 0;
 }
 
 /* How many bytes of pending text are final: everything before a complete
  * stop string (found = 1), else all but the longest tail that could still
  * grow into one. */
-static size_t final_prefix(const text_buf *t, const lloco_generate_params *p, int *found) {
+static size_t final_prefix(const lloco_textout *o, int *found) {
     *found = 0;
-    size_t cut = t->len;
-    for (int i = 0; i < p->n_stop; i++) {
-        const char *hit = strstr(t->buf, p->stop[i]);
-        if (hit && (size_t)(hit - t->buf) < cut) {
-            cut = (size_t)(hit - t->buf);
+    size_t cut = o->len;
+    for (int i = 0; i < o->n_stop; i++) {
+        const char *hit = strstr(o->buf, o->stop[i]);
+        if (hit && (size_t)(hit - o->buf) < cut) {
+            cut = (size_t)(hit - o->buf);
             *found = 1;
         }
     }
     if (*found) return cut;
-    for (int i = 0; i < p->n_stop; i++) {
-        size_t sl = strlen(p->stop[i]);
+    for (int i = 0; i < o->n_stop; i++) {
+        size_t sl = strlen(o->stop[i]);
         for (size_t k = sl - 1; k > 0; k--) {
-            if (k <= t->len && t->len - k < cut && !memcmp(t->buf + t->len - k, p->stop[i], k)) {
-                cut = t->len - k;
+            if (k <= o->len && o->len - k < cut && !memcmp(o->buf + o->len - k, o->stop[i], k)) {
+                cut = o->len - k;
                 break;
             }
         }
@@ -59,13 +96,47 @@ static size_t final_prefix(const text_buf *t, const lloco_generate_params *p, in
     return cut;
 }
 
-static int emit(const lloco_generate_params *p, text_buf *t, size_t n) {
+/* Hands the first n pending bytes to on_text; 1 if it asked to stop. */
+static int emit(lloco_textout *o, size_t n) {
     int stop = 0;
-    if (n && p->on_text) stop = p->on_text(t->buf, n, p->user);
-    if (!t->buf) return stop; /* nothing appended yet */
-    memmove(t->buf, t->buf + n, t->len - n + 1);
-    t->len -= n;
+    if (n && o->on_text) stop = o->on_text(o->buf, n, o->user) != 0;
+    if (!o->buf) return stop; /* nothing appended yet */
+    memmove(o->buf, o->buf + n, o->len - n + 1);
+    o->len -= n;
     return stop;
+}
+
+int lloco_textout_push(lloco_textout *o, int32_t id, lloco_stop_reason *stop) {
+    if (o->ended) return 1;
+    /* No text for ids the tokenizer lacks (padded vocabularies) or for
+     * pieces over 256 bytes, which are not text. */
+    char piece[256];
+    int n = lloco_detok_push(&o->dt, id, piece, sizeof piece);
+    if (n < 0 || n > (int)sizeof piece) n = 0;
+    int rc = text_append(o, piece, (size_t)n);
+    if (rc) return rc;
+    int found;
+    size_t fin = final_prefix(o, &found);
+    if (emit(o, fin)) {
+        *stop = LLOCO_STOP_CALLBACK;
+        return o->ended = 1;
+    }
+    if (found) {
+        *stop = LLOCO_STOP_STRING;
+        o->len = 0;
+        return o->ended = 1;
+    }
+    return 0;
+}
+
+int lloco_textout_finish(lloco_textout *o) {
+    if (o->ended) return 0;
+    o->ended = 1;
+    char piece[16];
+    int n = lloco_detok_flush(&o->dt, piece, sizeof piece);
+    int rc = n > 0 && n <= (int)sizeof piece ? text_append(o, piece, (size_t)n) : 0;
+    if (!rc) emit(o, o->len);
+    return rc;
 }
 
 int lloco_generate(lloco_decoder *d, lloco_kv *kv, const int32_t *prompt, int n_prompt,
@@ -75,20 +146,17 @@ int lloco_generate(lloco_decoder *d, lloco_kv *kv, const int32_t *prompt, int n_
     const lloco_tokenizer *tok = m->tok;
     int n_vocab = m->hp.n_vocab;
     lloco_generate_stats st = {.n_prompt = n_prompt};
-    for (int i = 0; i < p->n_stop; i++)
-        if (!p->stop[i] || !p->stop[i][0]) return lloco_error(LLOCO_ERR_INVAL, "empty stop string");
     if (n_prompt <= 0) return lloco_error(LLOCO_ERR_INVAL, "empty prompt");
     if (kv->len + n_prompt > kv->max)
         return lloco_error(LLOCO_ERR_FULL, "prompt of %d tokens does not fit the context of %d",
                            n_prompt, kv->max - kv->len);
     float *logits = malloc(sizeof(float) * (size_t)n_vocab);
     lloco_sampler *smp = NULL;
-    text_buf text = {0};
+    lloco_textout *text = NULL;
     int rc = logits ? lloco_sampler_create(&p->sampling, n_vocab, &smp)
                     : lloco_error(LLOCO_ERR_NOMEM, "out of memory");
+    if (!rc) rc = lloco_textout_create(tok, p->stop, p->n_stop, p->on_text, p->user, &text);
     if (rc) goto done;
-    lloco_detok dt;
-    lloco_detok_init(&dt, tok, 0);
 
     double t0 = lloco_time_now();
     lloco_seq_batch b = {.kv = kv, .n = n_prompt, .tokens = prompt, .n_out = 1, .logits = logits,
@@ -98,29 +166,16 @@ int lloco_generate(lloco_decoder *d, lloco_kv *kv, const int32_t *prompt, int n_
     st.t_prefill = t1 - t0;
     if (p->prompt_logits) memcpy(p->prompt_logits, logits, sizeof(float) * (size_t)n_vocab);
     st.stop = LLOCO_STOP_LENGTH;
-    char piece[256];
     for (int i = 0; i < p->max_tokens; i++) {
         int32_t id = lloco_sampler_sample(smp, logits);
-        if (lloco_tokenizer_is_eog(tok, id)) {
+        if (!p->ignore_eos && lloco_tokenizer_is_eog(tok, id)) {
             st.stop = LLOCO_STOP_EOG;
             break;
         }
         if (out_ids && st.n_generated < out_cap) out_ids[st.n_generated] = id;
         st.n_generated++;
-        /* No text for ids the tokenizer lacks (padded vocabularies) or for
-         * pieces over 256 bytes, which are not text. */
-        int n = lloco_detok_push(&dt, id, piece, sizeof piece);
-        if (n < 0 || n > (int)sizeof piece) n = 0;
-        if ((rc = text_append(&text, piece, (size_t)n))) goto done;
-        int found;
-        size_t fin = final_prefix(&text, p, &found);
-        if (emit(p, &text, fin)) {
-            st.stop = LLOCO_STOP_CALLBACK;
-            break;
-        }
-        if (found) {
-            st.stop = LLOCO_STOP_STRING;
-            text.len = 0;
+        if ((rc = lloco_textout_push(text, id, &st.stop)) != 0) {
+            if (rc > 0) rc = 0;
             break;
         }
         if (i + 1 == p->max_tokens) break;
@@ -132,14 +187,10 @@ int lloco_generate(lloco_decoder *d, lloco_kv *kv, const int32_t *prompt, int n_
                               .adapter = p->adapter};
         if ((rc = lloco_decoder_forward(d, &b, 1))) goto done;
     }
-    if (st.stop != LLOCO_STOP_STRING && st.stop != LLOCO_STOP_CALLBACK) {
-        int n = lloco_detok_flush(&dt, piece, sizeof piece);
-        if (n > 0 && n <= (int)sizeof piece && (rc = text_append(&text, piece, (size_t)n))) goto done;
-        emit(p, &text, text.len);
-    }
+    if (!rc) rc = lloco_textout_finish(text);
     st.t_decode = lloco_time_now() - t1;
 done:
-    free(text.buf);
+    lloco_textout_free(text);
     free(logits);
     lloco_sampler_free(smp);
     if (stats) *stats = st;

@@ -265,13 +265,8 @@ void lloco_bank_close(lloco_bank *b) {
 }
 
 /* Pins a resident adapter or queues its load; called with mu held. */
-static int acquire_locked(lloco_bank *b, bank_ad *e, const lloco_adapter_view **view) {
-    if (e->lora) {
-        e->pins++;
-        e->last_use = ++b->clock;
-        *view = lloco_lora_view(e->lora);
-        return 0;
-    }
+/* Not resident: the remembered failure, or a load queued (once). */
+static int queue_load_locked(lloco_bank *b, bank_ad *e) {
     if (e->err) return lloco_error(e->err, "%s", e->err_msg ? e->err_msg : lloco_strerror(e->err));
     if (!e->loading) {
         e->loading = 1;
@@ -281,6 +276,16 @@ static int acquire_locked(lloco_bank *b, bank_ad *e, const lloco_adapter_view **
         pthread_cond_signal(&b->work);
     }
     return 0;
+}
+
+static int acquire_locked(lloco_bank *b, bank_ad *e, const lloco_adapter_view **view) {
+    if (e->lora) {
+        e->pins++;
+        e->last_use = ++b->clock;
+        *view = lloco_lora_view(e->lora);
+        return 0;
+    }
+    return queue_load_locked(b, e);
 }
 
 /* The entry for a name the caller has not seen yet: checked on disk before
@@ -315,6 +320,16 @@ int lloco_bank_acquire(lloco_bank *b, const char *name, const lloco_adapter_view
     if (!rc) rc = lookup(b, name, &e);
     if (rc) return rc;
     rc = acquire_locked(b, e, view);
+    pthread_mutex_unlock(&b->mu);
+    return rc;
+}
+
+int lloco_bank_prefetch(lloco_bank *b, const char *name) {
+    int rc = name_check(name);
+    bank_ad *e;
+    if (!rc) rc = lookup(b, name, &e);
+    if (rc) return rc;
+    if (!e->lora) rc = queue_load_locked(b, e);
     pthread_mutex_unlock(&b->mu);
     return rc;
 }

@@ -105,6 +105,10 @@ void lloco_bank_close(lloco_bank *b);
  * lloco_bank_release. */
 int lloco_bank_acquire(lloco_bank *b, const char *name, const lloco_adapter_view **view);
 void lloco_bank_release(lloco_bank *b, const char *name);
+/* Non-blocking, pins nothing: checks that name is an adapter on disk (or
+ * returns its remembered load failure, as acquire does) and, when it is
+ * not resident, queues its load so that a later acquire finds it ready. */
+int lloco_bank_prefetch(lloco_bank *b, const char *name);
 /* Blocking load (CLI use); pins like acquire. */
 int lloco_bank_acquire_wait(lloco_bank *b, const char *name, const lloco_adapter_view **view);
 /* Called on the loader thread after each load finishes (ok or not). */

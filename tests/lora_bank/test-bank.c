@@ -201,6 +201,15 @@ TEST_CASE(bank_load_notify) {
     CHECK_OK(lloco_bank_unload(b, "r8-qkvo"));
     CHECK(lloco_bank_n_resident(b) == 0 && lloco_bank_resident_bytes(b) == 0);
     CHECK_OK(lloco_bank_unload(b, "r8-qkvo")); /* not resident: nothing to do */
+
+    /* prefetch: names checked, a load queued without a pin */
+    CHECK_ERR(lloco_bank_prefetch(b, "../r8-qkvo"), LLOCO_ERR_INVAL);
+    CHECK_ERR(lloco_bank_prefetch(b, "missing"), LLOCO_ERR_NOTFOUND);
+    CHECK_OK(lloco_bank_prefetch(b, "r8-qkvo"));
+    CHECK(wait_notes(&s, 3));
+    CHECK(lloco_bank_n_resident(b) == 1);
+    CHECK_OK(lloco_bank_prefetch(b, "r8-qkvo")); /* resident: nothing to do */
+    CHECK_OK(lloco_bank_unload(b, "r8-qkvo")); /* unpinned */
     lloco_bank_close(b);
     lloco_model_close(m);
 }
