@@ -24,5 +24,7 @@ int cmd_search(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
 int cmd_reindex(int argc, char **argv);
 int cmd_adapters(int argc, char **argv);
+int cmd_ask(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 #endif

@@ -77,6 +77,7 @@ static void usage(FILE *f) {
             "      --system TEXT   system message for --chat and chat\n"
             "      --raw           do not add BOS; parse no special tokens in the prompt\n"
             "      --stats         print prompt/decode speeds to stderr\n"
+            "      --ignore-eos    do not stop at end-of-generation tokens (benchmarks)\n"
             "      --ids-out FILE  write prompt and generated token ids as JSON (generate)\n"
             "      --logits-out F  write the logits after the prompt as raw f32 (generate)\n"
             "      --adapter NAME  apply the LoRA adapter NAME of the adapters directory\n"
@@ -89,7 +90,7 @@ typedef struct {
     const char *model, *prompt, *system;
     const char *ids_out, *logits_out;
     const char *adapter, *adapters_dir;
-    int max_tokens, threads, ctx, chat, raw, stats, merge;
+    int max_tokens, threads, ctx, chat, raw, stats, merge, ignore_eos;
     lloco_backend_kind backend;
     lloco_dtype kv_type;
     lloco_sampler_params sp;
@@ -199,6 +200,8 @@ static int parse_gen_opts(int argc, char **argv, gen_opts *o) {
             o->raw = 1;
         } else if (!strcmp(a, "--stats")) {
             o->stats = 1;
+        } else if (!strcmp(a, "--ignore-eos")) {
+            o->ignore_eos = 1;
         } else {
             return cli_usage_error("unknown option '%s'", a);
         }
@@ -371,6 +374,7 @@ static int cmd_generate(int argc, char **argv) {
         lloco_generate_params gp;
         fill_generate_params(&o, &gp);
         gp.adapter = s.adapter;
+        gp.ignore_eos = o.ignore_eos;
         lloco_generate_stats st;
         int n_vocab = lloco_model_hparams(s.model)->n_vocab;
         int32_t *gen = malloc(sizeof(int32_t) * (size_t)(o.max_tokens + 1));
@@ -506,5 +510,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "stats")) return cmd_stats(argc - 2, argv + 2);
     if (!strcmp(cmd, "reindex")) return cmd_reindex(argc - 2, argv + 2);
     if (!strcmp(cmd, "adapters")) return cmd_adapters(argc - 2, argv + 2);
+    if (!strcmp(cmd, "ask")) return cmd_ask(argc - 2, argv + 2);
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc - 2, argv + 2);
     return cli_usage_error("unknown command '%s'", cmd);
 }

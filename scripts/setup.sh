@@ -36,6 +36,8 @@ EMBEDDER_SHA256=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
 APT_PACKAGES=(build-essential cmake pkg-config python3 python3-pip
               libpcre2-dev libcjson-dev libutf8proc-dev liblmdb-dev libxxhash-dev
               libfaiss-dev libopenblas-dev libuv1-dev libhttp-parser-dev dpkg-dev)
+# the demo's sample corpus: the Jargon File (public domain)
+[ "$MODE" = demo ] && APT_PACKAGES+=(jargon-text)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -236,9 +238,17 @@ demo)
     build build
     ./build/lloco generate -m "$MODELS/$MODEL_FILE" -n 64 --chat \
         -p "Explain in two sentences why the sky is blue."
-    # a sample corpus every Debian system has: the GPL, compressed and indexed
-    ./build/lloco ingest --store "$ROOT/demo-store" /usr/share/common-licenses/GPL-3
-    ./build/lloco search --store "$ROOT/demo-store" -k 3 "Can I charge a fee for conveying copies?"
+    # the sample corpus: the Jargon File's appendices, compressed and indexed
+    mkdir -p "$ROOT/demo-corpus"
+    python3 scripts/sample_corpus.py "$ROOT/demo-corpus/jargon.jsonl"
+    ./build/lloco ingest --store "$ROOT/demo-store" "$ROOT/demo-corpus/jargon.jsonl"
+    ./build/lloco search --store "$ROOT/demo-store" -k 3 "Who was Mel and what did he refuse to do?"
+    # answers: from the retrieved text (the RAG baseline), then from the
+    # compressed summary slots with the accounting of what was used
+    ./build/lloco ask --store "$ROOT/demo-store" --mode text -k 2 -n 64 \
+        "Who was Mel and what did he refuse to do?"
+    ./build/lloco ask --store "$ROOT/demo-store" --json -n 32 \
+        "Who was Mel and what did he refuse to do?"
     ;;
 test)
     build build -DLLOCO_WERROR=ON
