@@ -259,7 +259,9 @@ static void ask_done(void *user, const lloco_sched_result *r) {
 
 static void print_ask_json(const answer_opts *o, const lloco_prepared *p, const ask_state *a) {
     cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "answer", a->text ? a->text : "");
+    char *answer = lloco_utf8_repair(a->text ? a->text : "", a->len);
+    cJSON_AddStringToObject(j, "answer", answer ? answer : "");
+    free(answer);
     cJSON_AddStringToObject(j, "mode", lloco_mode_name(o->q.mode));
     if (p->group) cJSON_AddStringToObject(j, "group", p->group);
     else cJSON_AddNullToObject(j, "group");

@@ -237,6 +237,25 @@ size_t lloco_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
     return need;
 }
 
+char *lloco_utf8_repair(const char *s, size_t n) {
+    char *out = malloc(n * 3 + 1), *o = out;
+    if (!out) return NULL;
+    for (size_t i = 0; i < n;) {
+        size_t k = lloco_utf8_decode((const uint8_t *)s + i, n - i, NULL);
+        if (k) {
+            memcpy(o, s + i, k);
+            o += k;
+            i += k;
+        } else {
+            memcpy(o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
 int lloco_is_file(const char *path) {
     struct stat sb;
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);

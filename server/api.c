@@ -281,11 +281,7 @@ static cJSON *choice(const api_req *r, const char *text, size_t len, const char 
                      int delta, int role) {
     cJSON *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", 0);
-    char *t = malloc(len + 1);
-    if (t) {
-        memcpy(t, text, len);
-        t[len] = '\0';
-    }
+    char *t = lloco_utf8_repair(text, len);
     if (r->kind == KIND_CHAT) {
         cJSON *m = cJSON_AddObjectToObject(c, delta ? "delta" : "message");
         if (role) cJSON_AddStringToObject(m, "role", "assistant");

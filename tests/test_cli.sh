@@ -85,6 +85,26 @@ expect adapters-assign-dotdot 1 "adapter '\.\.': invalid name" -- "$LLOCO" adapt
 expect adapters-unassign 0 'group g1: no adapter' -- "$LLOCO" adapters unassign --store "$tmp/s" g1
 expect adapters-unassign-again 3 'group g1 has no adapter' -- "$LLOCO" adapters unassign --store "$tmp/s" g1
 expect generate-adapter-dotdot 1 "adapter '\.\./r8-qkvo': invalid name" -- "$LLOCO" generate -m "$TINY/hf" -p Hi -n 4 --adapters-dir "$LORA" --adapter ../r8-qkvo
+# ask: the answer pipeline on the tiny store (compressed by hf-ac)
+ASK=(-m "$SRC/tests/fixtures/compressor/hf-ac" "${EMB[@]}" -n 4 --temp 0)
+expect ask-compressed 0 '^\{"answer":.*"mode":"compressed","group":"g1","adapter":null,"chunks":\[\{"doc_id":"d1"' -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --json --group g1 honey
+expect ask-text 0 '"mode":"text".*"context_positions":[1-9]' -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --json --mode text -k 2 ships
+expect ask-none 0 '"mode":"none","group":null.*"chunks":\[\]' -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --json --mode none hello
+expect ask-doc 0 '"chunks":\[\{"doc_id":"d1"' -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --json --doc d1 ships
+expect ask-adapter 0 '"adapter":"r8-qkvo"' -- "$LLOCO" ask --store "$tmp/s" -m "$TINY/hf" "${EMB[@]}" -n 2 --json --mode text --adapters-dir "$LORA" --adapter r8-qkvo ships
+expect ask-missing-store 2 'missing --store' -- "$LLOCO" ask "${ASK[@]}" honey
+expect ask-bad-mode 2 "bad --mode 'zip'" -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --mode zip honey
+expect ask-no-question 2 'usage: lloco ask' -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}"
+expect ask-no-store 3 'does not exist' -- "$LLOCO" ask --store "$tmp/nostore" "${ASK[@]}" honey
+expect ask-unknown-doc 3 "unknown document 'zz'" -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --doc zz honey
+expect ask-unknown-group 3 "no documents in group 'g9'" -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --group g9 honey
+expect ask-unknown-adapter 3 "adapter 'nosuch'" -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --adapters-dir "$LORA" --adapter nosuch honey
+expect ask-other-model 1 'compressed mode needs that model' -- "$LLOCO" ask --store "$tmp/s" -m "$TINY/hf" "${EMB[@]}" honey
+expect ask-too-long 1 'over the context' -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" -n 100000 honey
+printf '{"port": 0, "nonsense": 1}' >"$tmp/bad.json"
+expect serve-bad-config 1 "'nonsense' is not a setting" -- "$LLOCO" serve --store "$tmp/s" --config "$tmp/bad.json"
+expect serve-bad-flag 2 "unknown option '--mode'" -- "$LLOCO" serve --store "$tmp/s" --mode text
+
 # an adapter changes greedy output; merged gives the same tokens as unmerged
 "$LLOCO" generate -m "$TINY/hf" -p Hello -n 12 --ids-out "$tmp/base.json" >/dev/null 2>&1
 "$LLOCO" generate -m "$TINY/hf" -p Hello -n 12 --adapters-dir "$LORA" --adapter r8-qkvo --ids-out "$tmp/lora.json" >/dev/null 2>&1
