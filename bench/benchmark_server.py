@@ -184,8 +184,10 @@ def lloco_effect(srv, tokens):
     q = "What does the license say about the warranty of the program?"
     out = {}
     for mode in ("compressed", "full"):
+        # the whole document either way: all its chunks' slots, or all its text
         body = {"messages": [{"role": "user", "content": q}], "max_tokens": tokens,
-                "temperature": 0, "mode": mode, "top_k": 3, "ignore_eos": True}
+                "temperature": 0, "mode": mode, "doc_ids": [DOC], "top_k": 64,
+                "ignore_eos": True}
         t0 = time.perf_counter()
         ans = srv.post("/v1/chat/completions", body)
         wall = time.perf_counter() - t0

@@ -241,7 +241,7 @@ char *lloco_utf8_repair(const char *s, size_t n) {
     char *out = malloc(n * 3 + 1), *o = out;
     if (!out) return NULL;
     for (size_t i = 0; i < n;) {
-        size_t k = lloco_utf8_decode((const uint8_t *)s + i, n - i, NULL);
+        size_t k = s[i] ? lloco_utf8_decode((const uint8_t *)s + i, n - i, NULL) : 0;
         if (k) {
             memcpy(o, s + i, k);
             o += k;

@@ -105,8 +105,9 @@ size_t lloco_utf8_incomplete_tail(const char *s, size_t n);
  * point goes to *cp when cp is not NULL. */
 size_t lloco_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
 /* A NUL-terminated copy of s[0..n) with every byte that does not start a
- * valid sequence replaced by U+FFFD (for JSON, which must be UTF-8); NULL
- * when out of memory. The caller frees it. */
+ * valid sequence, and every NUL, replaced by U+FFFD: text for JSON, which
+ * must be UTF-8 and whose C strings end at a NUL. NULL when out of memory.
+ * The caller frees it. */
 char *lloco_utf8_repair(const char *s, size_t n);
 
 #define LLOCO_ASSERT(cond)                                                  \

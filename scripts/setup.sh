@@ -33,7 +33,7 @@ EMBEDDER_FILES="config.json model.safetensors modules.json sentence_bert_config.
 EMBEDDER_DIR=embedder/all-MiniLM-L6-v2
 EMBEDDER_SHA256=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
 
-APT_PACKAGES=(build-essential cmake pkg-config python3 python3-pip
+APT_PACKAGES=(build-essential cmake pkg-config python3 python3-pip python3-venv
               libpcre2-dev libcjson-dev libutf8proc-dev liblmdb-dev libxxhash-dev
               libfaiss-dev libopenblas-dev libuv1-dev libhttp-parser-dev dpkg-dev)
 # the demo's sample corpus: the Jargon File (public domain)
@@ -229,6 +229,24 @@ build_faiss_c
 fetch_model
 fetch_embedder
 
+# The server_openai test drives `lloco serve` with the official openai client,
+# kept in .deps/venv; best effort: without it (no network) that test skips.
+OPENAI_PKG=openai==3.57.0
+setup_openai_venv() {
+    local venv=$ROOT/.deps/venv
+    if [ -x "$venv/bin/python3" ] && "$venv/bin/python3" -c 'import openai' 2>/dev/null &&
+        [ "$("$venv/bin/python3" -c 'import openai; print(openai.__version__)')" = "${OPENAI_PKG#*==}" ]; then
+        return 0
+    fi
+    log "installing $OPENAI_PKG into $venv (for the server_openai test)"
+    mkdir -p "$ROOT/.deps"
+    if ! { python3 -m venv "$venv" &&
+           "$venv/bin/python3" -m pip install -q --timeout 20 --retries 1 "$OPENAI_PKG"; } \
+        >"$ROOT/.deps/venv.log" 2>&1; then
+        log "could not install $OPENAI_PKG (see .deps/venv.log): server_openai will be skipped"
+    fi
+}
+
 case "$MODE" in
 build)
     build build
@@ -251,6 +269,7 @@ demo)
         "Who was Mel and what did he refuse to do?"
     ;;
 test)
+    setup_openai_venv
     build build -DLLOCO_WERROR=ON
     (cd build && ctest --output-on-failure -j 2)
     if [ "${LLOCO_SKIP_SANITIZE:-0}" != 1 ]; then

@@ -660,7 +660,8 @@ static void after_prepare(uv_work_t *w, int status) {
     if (!rc) {
         lloco_sched_request sr = {.input = &r->prep, .max_tokens = r->q.max_tokens,
                                   .sampling = r->sampling, .stop = r->stop, .n_stop = r->n_stop,
-                                  .ignore_eos = r->ignore_eos, .on_text = on_text, .on_done = on_done, .user = r};
+                                  .ignore_eos = r->ignore_eos, .on_text = on_text,
+                                  .on_done = on_done, .user = r};
         rc = lloco_sched_submit(s->sched, &sr, &r->sched_id);
         if (!rc) {
             r->submitted = 1;
@@ -712,6 +713,7 @@ static void handle_generation(lloco_server *s, lloco_http_req *h, req_kind kind)
         return;
     }
     lloco_http_on_close(h, on_client_gone, r);
+    if (lloco_http_closed(h)) r->gone = 1;
     r->work.data = r;
     r->working = 1;
     int rc = uv_queue_work(&s->loop, &r->work, work_prepare, after_prepare);
@@ -796,6 +798,7 @@ static void run_job(lloco_server *s, lloco_http_req *h, int (*fn)(job *), const 
         }
     }
     lloco_http_on_close(h, job_gone, j);
+    if (lloco_http_closed(h)) j->gone = 1;
     if (uv_queue_work(&s->loop, &j->work, job_work, job_after) == 0) return;
 oom:
     respond_err(s, h, 500, NULL, NULL, "cannot queue the request");

@@ -435,7 +435,14 @@ TEST_CASE(bank_two_threads) {
     }
     CHECK(lloco_bank_resident_bytes(b) <= size_of(m, "r8-qkvo"));
     const char *const names[] = {"r8-qkvo", "r1-mlp-f16", "r4-qv-layer1-fifo", "r2-pattern-bf16"};
-    for (int i = 0; i < 4; i++) CHECK_OK(lloco_bank_unload(b, names[i])); /* no pin left */
+    /* a load the workers queued may still run (the loader has the lowest
+     * CPU priority): wait for each, then unload it: no pin is left */
+    for (int i = 0; i < 4; i++) {
+        const lloco_adapter_view *v = NULL;
+        CHECK_OK(lloco_bank_acquire_wait(b, names[i], &v));
+        if (v) lloco_bank_release(b, names[i]);
+        CHECK_OK(lloco_bank_unload(b, names[i]));
+    }
     CHECK(lloco_bank_n_resident(b) == 0);
     lloco_bank_close(b);
     lloco_model_close(m);

@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "client.h"
 #include "server/http.h"
 #include "test.h"
 
@@ -309,178 +310,6 @@ static void srv_stop(void) {
     T.srv = NULL;
 }
 
-/* ---- a blocking client --------------------------------------------------- */
-
-typedef struct {
-    int fd;
-    char buf[1 << 16];
-    size_t len;
-} client;
-
-static int cl_open(client *c, int port, int rcvbuf) {
-    c->len = 0;
-    c->fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (c->fd < 0) return -1;
-    struct timeval tv = {3, 0};
-    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (rcvbuf) setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(c->fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        int e = errno;
-        close(c->fd);
-        c->fd = -1;
-        errno = e;
-        return -1;
-    }
-    return 0;
-}
-
-static void cl_close(client *c) {
-    if (c->fd >= 0) close(c->fd);
-    c->fd = -1;
-}
-
-/* Closes with a reset rather than a FIN. */
-static void cl_reset(client *c) {
-    struct linger l = {1, 0};
-    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
-    cl_close(c);
-}
-
-static int cl_send(client *c, const char *s) {
-    size_t n = strlen(s);
-    return send(c->fd, s, n, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -1;
-}
-
-/* One recv into the buffer: bytes read, 0 on EOF, -1 on error/timeout. */
-static ssize_t cl_fill(client *c) {
-    if (c->len == sizeof c->buf) return -1;
-    ssize_t n = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, 0);
-    if (n > 0) c->len += (size_t)n;
-    return n;
-}
-
-static void cl_consume(client *c, size_t n) {
-    memmove(c->buf, c->buf + n, c->len - n);
-    c->len -= n;
-}
-
-/* 1 when the server closed the connection (EOF or reset) with no more
- * bytes sent, 0 otherwise. */
-static int cl_eof(client *c) {
-    if (c->len) return 0;
-    ssize_t n = cl_fill(c);
-    return n == 0 || (n < 0 && errno == ECONNRESET);
-}
-
-typedef struct {
-    int status;
-    char head[8192];
-    char *body;
-    size_t body_len;
-    int n_chunks;
-} resp;
-
-static const char *resp_header(const resp *r, const char *name, char *val, size_t cap) {
-    size_t nl = strlen(name);
-    for (const char *l = strstr(r->head, "\r\n"); l && l[2]; l = strstr(l + 2, "\r\n")) {
-        const char *s = l + 2;
-        if (!strncasecmp(s, name, nl) && s[nl] == ':') {
-            s += nl + 1;
-            while (*s == ' ') s++;
-            const char *e = strstr(s, "\r\n");
-            size_t n = (size_t)(e - s) < cap - 1 ? (size_t)(e - s) : cap - 1;
-            memcpy(val, s, n);
-            val[n] = 0;
-            return val;
-        }
-    }
-    return NULL;
-}
-
-static int resp_has(const resp *r, const char *name, const char *value) {
-    char v[256];
-    return resp_header(r, name, v, sizeof v) && !strcasecmp(v, value);
-}
-
-static void resp_free(resp *r) {
-    free(r->body);
-    r->body = NULL;
-}
-
-static int need(client *c, size_t n) {
-    while (c->len < n)
-        if (cl_fill(c) <= 0) return -1;
-    return 0;
-}
-
-/* Index just past the next CRLF at or after from, filling as needed. */
-static long find_crlf(client *c, size_t from, const char *pat) {
-    size_t pl = strlen(pat);
-    for (;;) {
-        for (size_t i = from; i + pl <= c->len; i++)
-            if (!memcmp(c->buf + i, pat, pl)) return (long)(i + pl);
-        if (cl_fill(c) <= 0) return -1;
-    }
-}
-
-/* Reads one response (status line, headers, body by Content-Length,
- * chunks or close); 0 on success. head_only: a HEAD request's answer. */
-static int read_resp(client *c, resp *r, int head_only) {
-    memset(r, 0, sizeof *r);
-    r->body = calloc(1, 1);
-    long he = find_crlf(c, 0, "\r\n\r\n");
-    if (he < 0 || (size_t)he >= sizeof r->head) return -1;
-    memcpy(r->head, c->buf, (size_t)he);
-    r->head[he] = 0;
-    cl_consume(c, (size_t)he);
-    if (sscanf(r->head, "HTTP/1.%*d %d", &r->status) != 1) return -1;
-    char v[64];
-    if (head_only) return 0;
-    if (resp_header(r, "content-length", v, sizeof v)) {
-        size_t n = strtoul(v, NULL, 10);
-        if (need(c, n)) return -1;
-        r->body = realloc(r->body, n + 1);
-        memcpy(r->body, c->buf, n);
-        r->body_len = n;
-        cl_consume(c, n);
-    } else if (resp_has(r, "transfer-encoding", "chunked")) {
-        for (;;) {
-            long le = find_crlf(c, 0, "\r\n");
-            if (le < 0) return -1;
-            size_t n = strtoul(c->buf, NULL, 16);
-            cl_consume(c, (size_t)le);
-            if (need(c, n + 2) || memcmp(c->buf + n, "\r\n", 2)) return -1;
-            if (n == 0) {
-                cl_consume(c, 2);
-                break;
-            }
-            r->body = realloc(r->body, r->body_len + n + 1);
-            memcpy(r->body + r->body_len, c->buf, n);
-            r->body_len += n;
-            r->n_chunks++;
-            cl_consume(c, n + 2);
-        }
-    } else { /* delimited by the close */
-        ssize_t n;
-        while ((n = cl_fill(c)) > 0) {}
-        if (n < 0) return -1;
-        r->body = realloc(r->body, c->len + 1);
-        memcpy(r->body, c->buf, c->len);
-        r->body_len = c->len;
-        c->len = 0;
-    }
-    r->body[r->body_len] = 0;
-    return 0;
-}
-
-/* Sends req and reads its response; the status, or -1. */
-static int roundtrip(client *c, const char *req, resp *r) {
-    if (cl_send(c, req)) return -1;
-    return read_resp(c, r, 0) ? -1 : r->status;
-}
-
 static void default_params(lloco_http_params *p) {
     lloco_http_params_default(p);
     p->header_timeout_ms = 2000;
@@ -626,7 +455,7 @@ TEST_CASE(http_chunked_body_and_continue) {
     /* Expect: 100-continue: the interim answer comes before the body is sent */
     CHECK(cl_send(&c, "PUT /echo HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n") == 0);
     const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-    CHECK(need(&c, sizeof cont - 1) == 0);
+    CHECK(cl_need(&c, sizeof cont - 1) == 0);
     CHECK(!memcmp(c.buf, cont, sizeof cont - 1));
     cl_consume(&c, sizeof cont - 1);
     CHECK(roundtrip(&c, "data", &r) == 200);
@@ -824,7 +653,7 @@ TEST_CASE(http_disconnect_mid_stream) {
     client c;
     CHECK(cl_open(&c, T.port, 0) == 0);
     CHECK(cl_send(&c, "GET /stream?n=100000&ms=2 HTTP/1.1\r\n\r\n") == 0);
-    CHECK(find_crlf(&c, 0, "data: 3") > 0);
+    CHECK(cl_find(&c, 0, "data: 3") > 0);
     cl_reset(&c);
     CHECK(wait_stat(&T.n_on_close, 1, 2000) == 1);
     CHECK(query_until(job_n_active, 0, 2000) == 0);
@@ -833,7 +662,7 @@ TEST_CASE(http_disconnect_mid_stream) {
     /* a plain close (FIN) mid-stream is the same */
     CHECK(cl_open(&c, T.port, 0) == 0);
     CHECK(cl_send(&c, "GET /stream?n=100000&ms=2 HTTP/1.1\r\n\r\n") == 0);
-    CHECK(find_crlf(&c, 0, "data: 1") > 0);
+    CHECK(cl_find(&c, 0, "data: 1") > 0);
     cl_close(&c);
     CHECK(wait_stat(&T.n_on_close, 2, 2000) == 2);
     CHECK(query_until(job_n_active, 0, 2000) == 0);
