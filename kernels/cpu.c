@@ -17,12 +17,6 @@
 #include <cpuid.h>
 #endif
 
-/* Below this many activation rows the matmul streams weight rows straight
- * from their GGUF blocks (decode); from it on, it packs panels of weight rows
- * once and reuses them for every activation tile (prefill). Packing plus one
- * tile of rows costs about as much as ten streamed rows (measured on AVX512;
- * either way gives the same bits). */
-#define MM_PACKED_MIN_M 11
 /* Panels a thread packs at once: their bytes stay in L2 while every
  * activation tile streams past them. */
 #define MM_MACRO_PANELS 8
@@ -154,9 +148,8 @@ static void mm_rows_task(void *p, int ith, int nth) {
     int64_t b, e;
     split_range(j->n, MM_ROW_ALIGN, ith, nth, &b, &e);
     if (b >= e) return;
-    for (int i = 0; i < j->m; i++)
-        j->kern->mm_rows(j->wt, j->w + b * j->row_bytes, j->row_bytes, (int)(e - b), j->k,
-                         j->act + i * j->act_bytes, j->y + (size_t)i * j->n + b);
+    j->kern->mm_rows(j->wt, j->w + b * j->row_bytes, j->row_bytes, (int)(e - b), j->k, j->act,
+                     j->m, j->y + b, j->n);
 }
 
 static void mm_packed_task(void *p, int ith, int nth) {
@@ -253,7 +246,7 @@ static void cpu_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, 
     }
     const cpu_kernels *kn = cx->kern;
     const int int8 = j.int8 = kn && is_int8_type(wt);
-    j.packed = int8 && m >= MM_PACKED_MIN_M;
+    j.packed = int8 && m >= kn->packed_min_m;
     /* Activation rows padded to whole tiles with zero rows (interleaved in
      * the last tile, cleared before the rows are written), so tiles never
      * have a ragged edge. */

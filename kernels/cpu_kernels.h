@@ -45,14 +45,21 @@ typedef struct {
      * mm_rows (weights read from their GGUF blocks, decode; one activation
      * row after the other). */
     int tile_r, tile_c; /* mm_tile computes tile_r weight rows x tile_c activation rows */
+    /* Below this many activation rows the matmul streams weight rows straight
+     * from their GGUF blocks with mm_rows (decode, small batches); from it
+     * on, it packs panels of weight rows once and reuses them for every
+     * activation tile (prefill). Either way gives the same bits. */
+    int packed_min_m;
     /* Bytes per activation row: row i of a buffer starts at act + i * this
      * (unpacked), or its tile at act + (i - i % tile_c) * this (packed). */
     size_t (*act_row_bytes)(lloco_dtype wt, int k, int packed);
     /* Quantizes x[k] as row i of the activation buffer act. */
     void (*quantize_act)(lloco_dtype wt, const float *x, int k, int packed, uint8_t *act, int i);
-    /* y[r] = W row r . activation row, r < nrows. */
+    /* y[i * ldy + r] = W row r . activation row i, r < nrows, i < m; each
+     * output the same bits whatever m (a batch's rows must not depend on
+     * each other). Several rows share each weight block they read. */
     void (*mm_rows)(lloco_dtype wt, const uint8_t *w, size_t row_bytes, int nrows, int k,
-                    const uint8_t *act, float *y);
+                    const uint8_t *act, int m, float *y, int ldy);
     /* Bytes of one panel of tile_r weight rows (a multiple of 64). */
     size_t (*mm_panel_bytes)(lloco_dtype wt, int k);
     /* Packs weight rows [0, nrows), nrows <= tile_r, into a panel; missing

@@ -2,8 +2,8 @@
  * compiled twice: by cpu_avx2.c (256-bit vectors, maddubs dot products, 16
  * registers) and by cpu_avx512.c (512-bit prefill vectors, VNNI vpdpbusd,
  * 32 registers), which add their own decode kernels and op table.
- * The including file defines X86_WIDTH (256 or 512), X86_VNNI, X86_TILE_R
- * and X86_TILE_C.
+ * The including file defines X86_WIDTH (256 or 512), X86_VNNI, X86_TILE_R,
+ * X86_TILE_C and X86_PACKED_MIN_M (see cpu_kernels.packed_min_m).
  */
 #ifndef X86_WIDTH
 #error "cpu_x86.h is a template: include it from cpu_avx2.c or cpu_avx512.c"
@@ -646,22 +646,99 @@ INLINE void rows_q4_0_q8_0(lloco_dtype wt, const uint8_t *w, size_t rb, int NR, 
     for (int r = 0; r < NR; r++) y[r] = hsum(acc[r]);
 }
 
-static void mm_rows_natural(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int k,
-                            const uint8_t *act, float *y) {
-    const int nb = k / QK32;
-    int r = 0;
-    if (wt == LLOCO_DTYPE_Q4_1) {
-        for (; r + 4 <= nrows; r += 4) rows_q4_1(w + r * rb, rb, 4, nb, act, y + r);
-        for (; r < nrows; r++) rows_q4_1(w + r * rb, rb, 1, nb, act, y + r);
-    } else if (wt == LLOCO_DTYPE_Q8_0) {
-        for (; r + 4 <= nrows; r += 4)
-            rows_q4_0_q8_0(LLOCO_DTYPE_Q8_0, w + r * rb, rb, 4, nb, act, y + r);
-        for (; r < nrows; r++) rows_q4_0_q8_0(LLOCO_DTYPE_Q8_0, w + r * rb, rb, 1, nb, act, y + r);
-    } else {
-        for (; r + 4 <= nrows; r += 4)
-            rows_q4_0_q8_0(LLOCO_DTYPE_Q4_0, w + r * rb, rb, 4, nb, act, y + r);
-        for (; r < nrows; r++) rows_q4_0_q8_0(LLOCO_DTYPE_Q4_0, w + r * rb, rb, 1, nb, act, y + r);
+/* MULTI_ROWS activation rows against one weight row: each weight block is
+ * loaded and unpacked once for all of them, and every output gets the
+ * operations rows_q4_1 or rows_q4_0_q8_0 give it, in their order. */
+#define MULTI_ROWS 4
+
+INLINE void rows_multi(lloco_dtype wt, const uint8_t *wrow, int nb, const uint8_t *act, size_t arb,
+                       int NA, float *y, int ldy) {
+    const float *yd[MULTI_ROWS];
+    __m256 acc[MULTI_ROWS];
+    float macc[MULTI_ROWS];
+    UNROLL
+    for (int a = 0; a < NA; a++) {
+        yd[a] = (const float *)(act + a * arb + (size_t)nb * 32);
+        acc[a] = _mm256_setzero_ps(), macc[a] = 0.0f;
     }
+    for (int b = 0; b < nb; b++) {
+        __m256i wv, wabs = _mm256_setzero_si256();
+        __m128 dm;
+        if (wt == LLOCO_DTYPE_Q4_1) {
+            const block_q4_1 *blk = (const block_q4_1 *)wrow + b;
+            dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(blk))); /* d, m */
+            wv = unpack_q4(blk->qs);
+        } else if (wt == LLOCO_DTYPE_Q8_0) {
+            const block_q8_0 *blk = (const block_q8_0 *)wrow + b;
+            dm = _mm_cvtph_ps(_mm_cvtsi32_si128(load_u16(&blk->d)));
+            wv = _mm256_loadu_si256((const __m256i *)blk->qs);
+            wabs = _mm256_sign_epi8(wv, wv);
+        } else {
+            const block_q4_0 *blk = (const block_q4_0 *)wrow + b;
+            dm = _mm_cvtph_ps(_mm_cvtsi32_si128(load_u16(&blk->d)));
+            wv = unpack_q4(blk->qs);
+        }
+        const __m256 dw = _mm256_broadcastss_ps(dm);
+        const float mw = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+        UNROLL
+        for (int a = 0; a < NA; a++) {
+            const uint8_t *ar = act + a * arb;
+            const __m256i yv = _mm256_loadu_si256((const __m256i *)(ar + (size_t)b * 32));
+            const __m256 dy = _mm256_broadcast_ss(yd[a] + b);
+            __m256i p;
+            if (wt == LLOCO_DTYPE_Q4_1) {
+                p = dot_u8s8(_mm256_setzero_si256(), wv, yv);
+                macc[a] = fmaf(mw, yd[a][nb + b], macc[a]); /* fused, as GGML */
+            } else {
+                const __m256i c0 = _mm256_loadu_si256((const __m256i *)(yd[a] + 2 * nb + 8 * b));
+                p = wt == LLOCO_DTYPE_Q8_0 ? dot_u8s8(c0, wabs, _mm256_sign_epi8(yv, wv))
+                                           : dot_u8s8(c0, wv, yv);
+            }
+            acc[a] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dw, dy), acc[a]);
+        }
+    }
+    UNROLL
+    for (int a = 0; a < NA; a++)
+        y[(size_t)a * ldy] = wt == LLOCO_DTYPE_Q4_1 ? hsum(acc[a]) + macc[a] : hsum(acc[a]);
+}
+
+INLINE void rows_natural(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int nb,
+                         const uint8_t *act, int m, float *y, int ldy) {
+    if (m == 1) {
+        int r = 0;
+        if (wt == LLOCO_DTYPE_Q4_1) {
+            for (; r + 4 <= nrows; r += 4) rows_q4_1(w + r * rb, rb, 4, nb, act, y + r);
+            for (; r < nrows; r++) rows_q4_1(w + r * rb, rb, 1, nb, act, y + r);
+        } else {
+            for (; r + 4 <= nrows; r += 4) rows_q4_0_q8_0(wt, w + r * rb, rb, 4, nb, act, y + r);
+            for (; r < nrows; r++) rows_q4_0_q8_0(wt, w + r * rb, rb, 1, nb, act, y + r);
+        }
+        return;
+    }
+    const size_t arb = natural_act_row_bytes(nb * QK32);
+    for (int r = 0; r < nrows; r++) {
+        for (int a = 0; a < m; a += MULTI_ROWS) {
+            const uint8_t *aa = act + a * arb;
+            float *ya = y + (size_t)a * ldy + r;
+            switch (m - a < MULTI_ROWS ? m - a : MULTI_ROWS) {
+            case 1: rows_multi(wt, w + r * rb, nb, aa, arb, 1, ya, ldy); break;
+            case 2: rows_multi(wt, w + r * rb, nb, aa, arb, 2, ya, ldy); break;
+            case 3: rows_multi(wt, w + r * rb, nb, aa, arb, 3, ya, ldy); break;
+            default: rows_multi(wt, w + r * rb, nb, aa, arb, 4, ya, ldy); break;
+            }
+        }
+    }
+}
+
+static void mm_rows_natural(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int k,
+                            const uint8_t *act, int m, float *y, int ldy) {
+    const int nb = k / QK32;
+    if (wt == LLOCO_DTYPE_Q4_1)
+        rows_natural(LLOCO_DTYPE_Q4_1, w, rb, nrows, nb, act, m, y, ldy);
+    else if (wt == LLOCO_DTYPE_Q8_0)
+        rows_natural(LLOCO_DTYPE_Q8_0, w, rb, nrows, nb, act, m, y, ldy);
+    else
+        rows_natural(LLOCO_DTYPE_Q4_0, w, rb, nrows, nb, act, m, y, ldy);
 }
 #endif
 
@@ -1126,6 +1203,7 @@ static void x86_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
     const cpu_kernels NAME = {                                                                  \
         .tile_r = R_,                                                                           \
         .tile_c = C_,                                                                           \
+        .packed_min_m = X86_PACKED_MIN_M,                                                       \
         .act_row_bytes = act_row_bytes,                                                         \
         .quantize_act = quantize_act,                                                           \
         .mm_rows = MM_ROWS,                                                                     \

@@ -177,7 +177,7 @@ TEST_CASE(matmul_extreme_values) {
     lloco_backend *ref = ref_backend();
     kt_backends bs;
     kt_backends_open(&bs);
-    enum { N = 8, K = 512, M = 13 };
+    enum { N = 8, K = 512, M = 40 }; /* 40: past the switch to prefill on every ISA */
     block_q8_0 w8[N * K / 32];
     block_q4_1 w4[N * K / 32];
     for (int b = 0; b < N * K / 32; b++) {
@@ -187,13 +187,15 @@ TEST_CASE(matmul_extreme_values) {
         for (int j = 0; j < 32; j++) w8[b].qs[j] = (int8_t)(j % 2 ? 127 : -128);
         for (int j = 0; j < 16; j++) w4[b].qs[j] = 0xF0 | (b % 2 ? 0x0F : 0);
     }
-    float x[M * K], y_ref[M * N], y[M * N];
+    static float x[M * K], y_ref[M * N], y[M * N];
     for (int i = 0; i < M * K; i++) x[i] = (i / 2) % 2 ? 3.0f : -3.0f;
     for (int i = K; i < 2 * K; i++) x[i] = (i % 2) ? 3.0f : -3.0f;
     for (int t = 0; t < 2; t++) {
         const lloco_dtype wt = t ? LLOCO_DTYPE_Q4_1 : LLOCO_DTYPE_Q8_0;
         const void *w = t ? (const void *)w4 : (const void *)w8;
-        for (int m = 1; m <= M; m += M - 1) {
+        const int ms[] = {1, 13, M}; /* one row, rows sharing weight blocks, prefill tiles */
+        for (size_t mi = 0; mi < LLOCO_ARRAY_LEN(ms); mi++) {
+            const int m = ms[mi];
             lloco_op_matmul(ref, w, wt, N, K, x, m, y_ref);
             for (int b = 0; b < bs.n; b++) {
                 lloco_op_matmul(bs.be[b], w, wt, N, K, x, m, y);
@@ -221,7 +223,7 @@ TEST_CASE(matmul_one_hot_exact) {
     const lloco_dtype types[] = {LLOCO_DTYPE_Q8_0, LLOCO_DTYPE_Q4_0, LLOCO_DTYPE_Q4_1};
     kt_rng rng = {21};
     for (size_t ki = 0; ki < LLOCO_ARRAY_LEN(ks); ki++) {
-        const int k = ks[ki], n = k, m = 13;
+        const int k = ks[ki], n = k, m = 40; /* past the switch to prefill on every ISA */
         float *x = kt_alloc((size_t)m * k * 4), *y_ref = kt_alloc((size_t)m * n * 4),
               *y = kt_alloc((size_t)m * n * 4);
         kt_fill(&rng, x, (int64_t)m * k, -3.0f, 3.0f);
@@ -255,7 +257,9 @@ TEST_CASE(matmul_one_hot_exact) {
                     }
                 }
             }
-            for (int mm = 1; mm <= m; mm += m - 1) { /* decode and prefill paths */
+            const int ms[] = {1, 13, m}; /* one row, rows sharing weight blocks, prefill */
+            for (size_t mi = 0; mi < LLOCO_ARRAY_LEN(ms); mi++) {
+                const int mm = ms[mi];
                 lloco_op_matmul(ref, w + 1, wt, n, k, x, mm, y_ref);
                 for (int b = 0; b < bs.n; b++) {
                     lloco_op_matmul(bs.be[b], w + 1, wt, n, k, x, mm, y);
@@ -271,6 +275,54 @@ TEST_CASE(matmul_one_hot_exact) {
     }
     kt_backends_close(&bs);
     lloco_backend_free(ref);
+}
+
+/* A batch's rows must not depend on the batch: row i of an m-row matmul
+ * (the decode kernels that share weight blocks between rows, then the
+ * prefill tiles) has the bits of row i computed alone, for every m up to
+ * past the switch to prefill, ragged weight-row counts included. */
+TEST_CASE(matmul_rows_independent_of_batch) {
+    kt_backends bs;
+    kt_backends_open(&bs);
+    enum { M = 40 }; /* past the switch to prefill on every ISA */
+    const int ks[] = {32, 96, 256, 576};
+    const int ns[] = {1, 5, 37, 100};
+    const lloco_dtype types[] = {LLOCO_DTYPE_Q4_1, LLOCO_DTYPE_Q8_0, LLOCO_DTYPE_Q4_0};
+    kt_rng rng = {4242};
+    for (size_t t = 0; t < LLOCO_ARRAY_LEN(types) && lloco_test_case_failures() == 0; t++) {
+        for (size_t ki = 0; ki < LLOCO_ARRAY_LEN(ks); ki++) {
+            for (size_t ni = 0; ni < LLOCO_ARRAY_LEN(ns); ni++) {
+                const lloco_dtype wt = types[t];
+                const int k = ks[ki], n = ns[ni];
+                const size_t rb = lloco_dtype_row_bytes(wt, k);
+                uint8_t *wbuf = kt_alloc(rb * n + 1);
+                make_weights(&rng, wt, n, k, wbuf + 1);
+                float *x = kt_alloc((size_t)M * k * sizeof(float));
+                kt_fill(&rng, x, (int64_t)M * k, -1.0f, 1.0f);
+                for (int i = 0; i < M; i++)
+                    for (int e = 0; e < k; e++) x[(size_t)i * k + e] *= 0.1f + (float)(i % 5);
+                float *alone = kt_alloc((size_t)M * n * sizeof(float));
+                float *y = kt_alloc((size_t)M * n * sizeof(float));
+                for (int b = 0; b < bs.n; b++) {
+                    for (int i = 0; i < M; i++)
+                        lloco_op_matmul(bs.be[b], wbuf + 1, wt, n, k, x + (size_t)i * k, 1,
+                                        alone + (size_t)i * n);
+                    int ok = 1;
+                    for (int m = 2; m <= M && ok; m++) {
+                        for (int64_t i = 0; i < (int64_t)m * n; i++) y[i] = NAN;
+                        lloco_op_matmul(bs.be[b], wbuf + 1, wt, n, k, x, m, y);
+                        char what[160];
+                        snprintf(what, sizeof what, "matmul %s m=%d n=%d k=%d vs rows alone %s",
+                                 lloco_dtype_name(wt), m, n, k, bs.label[b]);
+                        ok = compare_ggml_op(&bs, b, what, alone, y, (int64_t)m * n, 1e-9,
+                                             2e-4f * kt_rms(alone, (int64_t)m * n), 1e-4f);
+                    }
+                }
+                free(wbuf), free(x), free(alone), free(y);
+            }
+        }
+    }
+    kt_backends_close(&bs);
 }
 
 /* ---- norms, rope, elementwise ------------------------------------------ */
