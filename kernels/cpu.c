@@ -581,10 +581,14 @@ static void cpu_attention(lloco_backend *be, const float *q, int m, int p0, int 
 #define LORA_ROWS 32
 #define LORA_RANKS 16
 #define LORA_COLS 256
-/* LoRA ops with fewer multiply-adds than this run on the calling thread:
- * a decode step's update (a few microseconds) costs less than the two
- * dispatches, one per phase, that threads would need. */
+/* LoRA ops with fewer multiply-adds than this, reading fewer bytes of
+ * adapter matrices, run on the calling thread: a decode step's update on
+ * one adapter (a few microseconds, its matrices in cache) costs less than
+ * the two dispatches, one per phase, that threads would need; several
+ * adapters in one decode step (a few hundred KiB each from memory) do
+ * not. */
 #define LORA_PARALLEL_MIN_MACS (1 << 20)
+#define LORA_PARALLEL_MIN_BYTES (128 << 10)
 
 /* The rows of one call that share an adapter. */
 typedef struct {
@@ -666,14 +670,14 @@ static void lora_task(void *p, int ith, int nth) {
     }
 }
 
-static void lora_run_phase(cpu_ctx *cx, lora_job *j, int expand, int64_t work) {
+static void lora_run_phase(cpu_ctx *cx, lora_job *j, int expand, int64_t work, size_t bytes) {
     j->expand = expand;
     j->ustart[0] = 0;
     for (int g = 0; g < j->n_groups; g++)
         j->ustart[g + 1] = j->ustart[g] +
                            (j->g[g].nr + LORA_ROWS - 1) / LORA_ROWS * lora_blocks(j, &j->g[g]);
     atomic_init(&j->next, 0);
-    if (work < LORA_PARALLEL_MIN_MACS)
+    if (work < LORA_PARALLEL_MIN_MACS && bytes < LORA_PARALLEL_MIN_BYTES)
         lora_task(j, 0, 1);
     else
         lloco_threadpool_run(cx->pool, lora_task, j);
@@ -717,13 +721,14 @@ static void cpu_lora(lloco_backend *be, const float *x, int m, int k, int n,
         gid[i] = last = g;
     }
     int64_t work = 0;
-    size_t off = 0, toff = 0;
+    size_t off = 0, toff = 0, bytes = 0;
     for (int g = 0; g < j.n_groups; g++) {
         gs[g].rows = rows + off;
         gs[g].t = tbuf + toff;
         off += (size_t)gs[g].nr;
         toff += (size_t)gs[g].nr * gs[g].mat->rank;
         work += (int64_t)gs[g].nr * gs[g].mat->rank * (k + n);
+        bytes += (size_t)gs[g].mat->rank * (size_t)(k + n) * lloco_dtype_block_bytes(gs[g].mat->type);
         gs[g].nr = 0;
     }
     for (int i = 0; i < m; i++)
@@ -743,8 +748,8 @@ static void cpu_lora(lloco_backend *be, const float *x, int m, int k, int n,
             memcpy(dst + (size_t)i * k, x + (size_t)r[i] * k, sizeof(float) * (size_t)k);
         gs[g].x = dst;
     }
-    lora_run_phase(cx, &j, 0, work);
-    lora_run_phase(cx, &j, 1, work);
+    lora_run_phase(cx, &j, 0, work, bytes);
+    lora_run_phase(cx, &j, 1, work, bytes);
 }
 
 typedef struct {
