@@ -92,7 +92,9 @@ struct api_req {
 
 /* ---- responses and metrics ------------------------------------------------ */
 
-static void count_status(lloco_server *s, int status) {
+/* Every response the HTTP layer sends, its own errors included. */
+static void count_status(void *user, int status) {
+    lloco_server *s = user;
     for (int i = 0; i < N_STATUS; i++) {
         if (s->by_status[i].status == status || s->by_status[i].status == 0) {
             s->by_status[i].status = status;
@@ -102,19 +104,16 @@ static void count_status(lloco_server *s, int status) {
     }
 }
 
-static void respond_json(lloco_server *s, lloco_http_req *h, int status, cJSON *j,
-                         const char *extra) {
+static void respond_json(lloco_http_req *h, int status, cJSON *j, const char *extra) {
     char *body = j ? cJSON_PrintUnformatted(j) : NULL;
-    count_status(s, status);
     if (body) lloco_http_respond(h, status, "application/json", body, strlen(body), extra);
     else lloco_http_respond_error(h, 500, "server_error", NULL, NULL, "out of memory");
     free(body);
     cJSON_Delete(j);
 }
 
-static void respond_err(lloco_server *s, lloco_http_req *h, int status, const char *code,
-                        const char *extra, const char *msg) {
-    count_status(s, status);
+static void respond_err(lloco_http_req *h, int status, const char *code, const char *extra,
+                        const char *msg) {
     const char *type = status >= 500 ? "server_error"
                        : status == 401 ? "authentication_error"
                        : status == 404 ? "not_found_error"
@@ -137,10 +136,10 @@ static int status_of(int rc, const char **code) {
     }
 }
 
-static void respond_rc(lloco_server *s, lloco_http_req *h, int rc, const char *msg) {
+static void respond_rc(lloco_http_req *h, int rc, const char *msg) {
     const char *code;
     int status = status_of(rc, &code);
-    respond_err(s, h, status, code, status == 503 ? "Retry-After: 1\r\n" : NULL, msg);
+    respond_err(h, status, code, status == 503 ? "Retry-After: 1\r\n" : NULL, msg);
 }
 
 /* ---- request lifetime ------------------------------------------------------ */
@@ -315,7 +314,6 @@ static void sse(api_req *r, cJSON *j) {
 static void stream_start(api_req *r) {
     if (r->header_sent) return;
     r->header_sent = 1;
-    count_status(r->srv, 200);
     lloco_http_stream_begin(r->http, 200, "text/event-stream",
                             "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
     if (r->kind == KIND_CHAT) {
@@ -328,7 +326,6 @@ static void stream_start(api_req *r) {
 /* ---- scheduler events (loop thread) ----------------------------------------- */
 
 static void finish_generation(api_req *r) {
-    lloco_server *s = r->srv;
     if (r->gone) {
         if (r->header_sent) lloco_http_stream_end(r->http);
         else lloco_http_respond(r->http, 499, NULL, "", 0, NULL);
@@ -336,7 +333,7 @@ static void finish_generation(api_req *r) {
         return;
     }
     if (r->res.rc && !r->header_sent) {
-        respond_rc(s, r->http, r->res.rc, r->res.error);
+        respond_rc(r->http, r->res.rc, r->res.error);
         req_free(r);
         return;
     }
@@ -369,7 +366,7 @@ static void finish_generation(api_req *r) {
                              choice(r, r->text ? r->text : "", r->len, fin, 0, 1));
         cJSON_AddItemToObject(j, "usage", usage_object(r));
         cJSON_AddItemToObject(j, "lloco", lloco_object(r, 0));
-        respond_json(s, r->http, 200, j, NULL);
+        respond_json(r->http, 200, j, NULL);
     }
     req_free(r);
 }
@@ -668,7 +665,7 @@ static void after_prepare(uv_work_t *w, int status) {
             return;
         }
     }
-    respond_rc(s, r->http, rc, lloco_last_error());
+    respond_rc(r->http, rc, lloco_last_error());
     req_free(r);
 }
 
@@ -677,7 +674,7 @@ static void handle_generation(lloco_server *s, lloco_http_req *h, req_kind kind)
     const char *body = lloco_http_body(h, &len);
     api_req *r = calloc(1, sizeof *r);
     if (!r) {
-        respond_err(s, h, 500, NULL, NULL, "out of memory");
+        respond_err(h, 500, NULL, NULL, "out of memory");
         return;
     }
     r->srv = s;
@@ -708,7 +705,7 @@ static void handle_generation(lloco_server *s, lloco_http_req *h, req_kind kind)
     }
     if (!bad_rc) bad_rc = parse_common(r, &b);
     if (bad_rc) {
-        respond_err(s, h, b.code ? 400 : 500, b.code, NULL, b.msg);
+        respond_err(h, b.code ? 400 : 500, b.code, NULL, b.msg);
         req_free(r);
         return;
     }
@@ -718,7 +715,7 @@ static void handle_generation(lloco_server *s, lloco_http_req *h, req_kind kind)
     r->working = 1;
     int rc = uv_queue_work(&s->loop, &r->work, work_prepare, after_prepare);
     if (rc) {
-        respond_err(s, h, 500, NULL, NULL, uv_strerror(rc));
+        respond_err(h, 500, NULL, NULL, uv_strerror(rc));
         req_free(r);
     }
 }
@@ -757,10 +754,10 @@ static void job_after(uv_work_t *w, int status) {
     job *j = w->data;
     (void)status;
     if (j->gone) lloco_http_respond(j->http, 499, NULL, "", 0, NULL);
-    else if (j->rc == LLOCO_ERR_BUSY) respond_err(j->srv, j->http, 409, "adapter_in_use", NULL, j->err);
-    else if (j->rc) respond_rc(j->srv, j->http, j->rc, j->err);
+    else if (j->rc == LLOCO_ERR_BUSY) respond_err(j->http, 409, "adapter_in_use", NULL, j->err);
+    else if (j->rc) respond_rc(j->http, j->rc, j->err);
     else {
-        respond_json(j->srv, j->http, j->status, j->out, NULL);
+        respond_json(j->http, j->status, j->out, NULL);
         j->out = NULL;
     }
     cJSON_Delete(j->in);
@@ -774,7 +771,7 @@ static void run_job(lloco_server *s, lloco_http_req *h, int (*fn)(job *), const 
                     int parse_body) {
     job *j = calloc(1, sizeof *j);
     if (!j) {
-        respond_err(s, h, 500, NULL, NULL, "out of memory");
+        respond_err(h, 500, NULL, NULL, "out of memory");
         return;
     }
     j->srv = s;
@@ -789,7 +786,7 @@ static void run_job(lloco_server *s, lloco_http_req *h, int (*fn)(job *), const 
         const char *body = lloco_http_body(h, &len);
         j->in = cJSON_ParseWithLength(body, len);
         if (!j->in || !cJSON_IsObject(j->in)) {
-            respond_err(s, h, 400, "invalid_json", NULL, "the body is not a JSON object");
+            respond_err(h, 400, "invalid_json", NULL, "the body is not a JSON object");
             cJSON_Delete(j->in);
             free(j->name);
             free(j->group);
@@ -801,7 +798,7 @@ static void run_job(lloco_server *s, lloco_http_req *h, int (*fn)(job *), const 
     if (lloco_http_closed(h)) j->gone = 1;
     if (uv_queue_work(&s->loop, &j->work, job_work, job_after) == 0) return;
 oom:
-    respond_err(s, h, 500, NULL, NULL, "cannot queue the request");
+    respond_err(h, 500, NULL, NULL, "cannot queue the request");
     cJSON_Delete(j->in);
     free(j->name);
     free(j->group);
@@ -1035,9 +1032,8 @@ static void histogram(out_buf *o, const char *name, const char *help, const uint
 static void handle_metrics(lloco_server *s, lloco_http_req *h) {
     lloco_sched_stats st;
     lloco_sched_stats_get(s->sched, &st);
-    count_status(s, 200); /* this answer counts too */
     out_buf o = {0};
-    outf(&o, "# HELP lloco_http_requests_total HTTP requests answered by the API, by status\n"
+    outf(&o, "# HELP lloco_http_requests_total HTTP responses sent, by status\n"
              "# TYPE lloco_http_requests_total counter\n");
     for (int i = 0; i < N_STATUS && s->by_status[i].status; i++)
         outf(&o, "lloco_http_requests_total{status=\"%d\"} %llu\n", s->by_status[i].status,
@@ -1100,11 +1096,9 @@ static void handler(void *user, lloco_http_req *h) {
     const char *m = lloco_http_method(h), *path = lloco_http_path(h);
     const int get = !strcmp(m, "GET") || !strcmp(m, "HEAD"), post = !strcmp(m, "POST");
     if (!strcmp(path, "/health") && get) {
-        if (s->draining) respond_err(s, h, 503, "shutting_down", NULL, "the server is shutting down");
-        else {
-            count_status(s, 200);
+        if (s->draining) respond_err(h, 503, "shutting_down", NULL, "the server is shutting down");
+        else
             lloco_http_respond(h, 200, "application/json", "{\"status\":\"ok\"}", 15, NULL);
-        }
         return;
     }
     if (!strcmp(path, "/metrics") && get) {
@@ -1112,7 +1106,7 @@ static void handler(void *user, lloco_http_req *h) {
         return;
     }
     if (s->draining) {
-        respond_err(s, h, 503, "shutting_down", "Connection: close\r\n", "the server is shutting down");
+        respond_err(h, 503, "shutting_down", "Connection: close\r\n", "the server is shutting down");
         return;
     }
     if (!strcmp(path, "/v1/chat/completions") && post) handle_generation(s, h, KIND_CHAT);
@@ -1131,7 +1125,7 @@ static void handler(void *user, lloco_http_req *h) {
         for (size_t i = 0; i < sizeof known / sizeof *known; i++) k |= !strcmp(path, known[i]);
         char msg[300];
         snprintf(msg, sizeof msg, k ? "method %s is not allowed on %s" : "no route %s %s", m, path);
-        respond_err(s, h, k ? 405 : 404, k ? "method_not_allowed" : "not_found", NULL, msg);
+        respond_err(h, k ? 405 : 404, k ? "method_not_allowed" : "not_found", NULL, msg);
     }
 }
 
@@ -1242,6 +1236,7 @@ int lloco_server_create(lloco_engine *e, lloco_sched *sc, const lloco_server_par
     hp.bearer_token = s->p.api_key;
     hp.public_paths = public_paths;
     hp.handler = handler;
+    hp.on_status = count_status;
     hp.user = s;
     rc = lloco_http_start(&s->loop, &hp, &s->http);
     if (rc) {

@@ -130,6 +130,8 @@ int lloco_http_respond(lloco_http_req *r, int status, const char *content_type,
             rc = lloco_error(LLOCO_ERR_NOMEM, "http: response head");
             lloco_http_conn_gone(r->conn);
         } else {
+            const lloco_http_params *p = &r->conn->srv->p;
+            if (p->on_status) p->on_status(p->user, status);
             rc = lloco_http_conn_write(r->conn, head, hlen, r->head ? NULL : body,
                                        r->head ? 0 : len);
             free(head);
@@ -177,6 +179,8 @@ int lloco_http_stream_begin(lloco_http_req *r, int status, const char *content_t
         lloco_http_conn_gone(r->conn);
         return lloco_error(LLOCO_ERR_NOMEM, "http: response head");
     }
+    const lloco_http_params *p = &r->conn->srv->p;
+    if (p->on_status) p->on_status(p->user, status);
     int rc = lloco_http_conn_write(r->conn, head, hlen, NULL, 0);
     free(head);
     return rc ? lloco_error(rc, "http: write failed") : 0;

@@ -59,6 +59,9 @@ typedef struct {
      * request N's response has been finished. */
     void (*handler)(void *user, lloco_http_req *req);
     void *user;
+    /* Optional: called with the status of every response head sent, the
+     * layer's own errors (400, 401, 408, 413, 431, 503...) included. */
+    void (*on_status)(void *user, int status);
 } lloco_http_params;
 
 void lloco_http_params_default(lloco_http_params *p);

@@ -214,6 +214,7 @@ static void conn_fail(http_conn *c, int status, const char *type, const char *co
         lloco_http_conn_gone(c);
         return;
     }
+    if (c->srv->p.on_status) c->srv->p.on_status(c->srv->p.user, status);
     int rc = lloco_http_conn_write(c, head, hlen, body, blen);
     free(head);
     free(body);

@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -485,9 +486,19 @@ static void check_layer_error(client *c, const char *req, int status, const char
     resp_free(&r);
 }
 
+/* Response statuses the layer reports through on_status (loop thread). */
+static atomic_int statuses[600];
+
+static void count_status(void *user, int status) {
+    (void)user;
+    if (status >= 0 && status < 600) atomic_fetch_add(&statuses[status], 1);
+}
+
 TEST_CASE(http_limits_and_malformed) {
     lloco_http_params p;
     default_params(&p);
+    p.on_status = count_status;
+    for (int i = 0; i < 600; i++) atomic_store(&statuses[i], 0);
     p.max_body_bytes = 1000;
     p.max_header_bytes = 1024;
     if (srv_start(&p)) return;
@@ -537,6 +548,10 @@ TEST_CASE(http_limits_and_malformed) {
     }
     CHECK(stat_get(&T.n_handled) == 1);
     srv_stop();
+    /* every response went through on_status, the layer's own errors too */
+    CHECK(atomic_load(&statuses[413]) == 2 && atomic_load(&statuses[431]) == 1);
+    CHECK(atomic_load(&statuses[400]) == (int)LLOCO_ARRAY_LEN(bad));
+    CHECK(atomic_load(&statuses[200]) == 1);
 }
 
 TEST_CASE(http_bearer_auth) {
