@@ -228,8 +228,7 @@ typedef struct {
     int done;
     lloco_sched_result res;
     int stream;
-    char *text;
-    size_t len;
+    lloco_buf text;
 } ask_state;
 
 static int ask_text(const char *text, size_t len, void *user) {
@@ -239,13 +238,7 @@ static int ask_text(const char *text, size_t len, void *user) {
         fflush(stdout);
         return 0;
     }
-    char *t = realloc(a->text, a->len + len + 1);
-    if (!t) return 1;
-    memcpy(t + a->len, text, len);
-    a->text = t;
-    a->len += len;
-    t[a->len] = '\0';
-    return 0;
+    return lloco_buf_append(&a->text, text, len) != 0;
 }
 
 static void ask_done(void *user, const lloco_sched_result *r) {
@@ -257,43 +250,14 @@ static void ask_done(void *user, const lloco_sched_result *r) {
     pthread_mutex_unlock(&a->mu);
 }
 
-static void print_ask_json(const answer_opts *o, const lloco_prepared *p, const ask_state *a) {
-    cJSON *j = cJSON_CreateObject();
-    char *answer = lloco_utf8_repair(a->text ? a->text : "", a->len);
+static void print_ask_json(const answer_opts *o, const lloco_prepared *p, const ask_state *a,
+                           double t_total) {
+    cJSON *j = lloco_answer_json(p, o->q.mode, &a->res, t_total, 0);
+    char *answer = lloco_utf8_repair(a->text.data ? a->text.data : "", a->text.len);
     cJSON_AddStringToObject(j, "answer", answer ? answer : "");
     free(answer);
-    cJSON_AddStringToObject(j, "mode", lloco_mode_name(o->q.mode));
-    if (p->group) cJSON_AddStringToObject(j, "group", p->group);
-    else cJSON_AddNullToObject(j, "group");
-    if (p->adapter) cJSON_AddStringToObject(j, "adapter", p->adapter);
-    else cJSON_AddNullToObject(j, "adapter");
-    cJSON *ch = cJSON_AddArrayToObject(j, "chunks");
-    for (int i = 0; i < p->n_chunks; i++) {
-        const lloco_used_chunk *u = &p->chunks[i];
-        cJSON *c = cJSON_CreateObject();
-        cJSON_AddStringToObject(c, "doc_id", u->doc_id);
-        cJSON_AddNumberToObject(c, "ordinal", u->ordinal);
-        cJSON_AddNumberToObject(c, "score", (double)u->score);
-        cJSON *span = cJSON_AddArrayToObject(c, "tokens");
-        cJSON_AddItemToArray(span, cJSON_CreateNumber(u->tok_begin));
-        cJSON_AddItemToArray(span, cJSON_CreateNumber(u->tok_end));
-        cJSON_AddNumberToObject(c, "slots", u->n_slots);
-        cJSON_AddItemToArray(ch, c);
-    }
-    cJSON_AddNumberToObject(j, "input_positions", p->n_tokens);
-    cJSON_AddNumberToObject(j, "context_positions", (double)p->n_context_positions);
-    cJSON_AddNumberToObject(j, "raw_tokens", (double)p->n_raw_tokens);
-    cJSON_AddNumberToObject(j, "compression_ratio",
-                            p->n_context_positions ? (double)p->n_raw_tokens / (double)p->n_context_positions : 0);
-    cJSON_AddBoolToObject(j, "truncated", p->truncated);
     cJSON_AddNumberToObject(j, "generated_tokens", a->res.n_generated);
     cJSON_AddStringToObject(j, "finish_reason", k_stop_names[a->res.stop]);
-    cJSON *t = cJSON_AddObjectToObject(j, "timings");
-    cJSON_AddNumberToObject(t, "retrieve_s", p->t_retrieve);
-    cJSON_AddNumberToObject(t, "queued_s", a->res.t_queued);
-    cJSON_AddNumberToObject(t, "prefill_s", a->res.t_prefill);
-    cJSON_AddNumberToObject(t, "first_token_s", a->res.t_first_token);
-    cJSON_AddNumberToObject(t, "decode_s", a->res.t_decode);
     char *s = cJSON_PrintUnformatted(j);
     if (s) printf("%s\n", s);
     free(s);
@@ -310,6 +274,7 @@ int cmd_ask(int argc, char **argv) {
     lloco_prepared p = {0};
     ask_state a = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .stream = !o.json};
     rc = lloco_engine_open(&o.ep, &e);
+    const double t0 = lloco_time_now();
     if (!rc) rc = lloco_engine_prepare(e, &o.q, &p);
     if (!rc) rc = lloco_sched_create(e, &o.sp, &s);
     lloco_sched_request r = {.input = &p, .max_tokens = o.q.max_tokens, .sampling = o.sampling,
@@ -323,12 +288,12 @@ int cmd_ask(int argc, char **argv) {
         rc = a.res.rc;
         if (rc) lloco_error(rc, "%s", a.res.error);
     }
-    if (!rc && o.json) print_ask_json(&o, &p, &a);
+    if (!rc && o.json) print_ask_json(&o, &p, &a, lloco_time_now() - t0);
     else if (!rc) printf("\n");
     lloco_sched_free(s);
     lloco_prepared_free(&p);
     lloco_engine_close(e);
-    free(a.text);
+    lloco_buf_free(&a.text);
     free(o.question);
     cJSON_Delete(o.config);
     return rc ? cli_fail(rc) : 0;

@@ -4,6 +4,7 @@
 #include "core.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -235,6 +236,46 @@ size_t lloco_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
     for (size_t i = 1; i < need; i++) v = (v << 6) | (s[i] & 0x3F);
     if (cp) *cp = v;
     return need;
+}
+
+/* Room for n more bytes and the NUL after them. */
+static int buf_reserve(lloco_buf *b, size_t n) {
+    if (b->len + n + 1 <= b->cap) return 0;
+    size_t cap = (b->len + n + 1) * 2;
+    char *p = realloc(b->data, cap);
+    if (!p) return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+int lloco_buf_append(lloco_buf *b, const void *s, size_t n) {
+    int rc = buf_reserve(b, n);
+    if (rc) return rc;
+    if (n) memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+int lloco_buf_printf(lloco_buf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) return lloco_error(LLOCO_ERR_INVAL, "bad format");
+    int rc = buf_reserve(b, (size_t)n);
+    if (rc) return rc;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+void lloco_buf_free(lloco_buf *b) {
+    free(b->data);
+    *b = (lloco_buf){0};
 }
 
 char *lloco_utf8_repair(const char *s, size_t n) {

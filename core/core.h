@@ -79,6 +79,17 @@ int lloco_is_file(const char *path);
 /* "dir/name" in a heap string the caller frees; NULL when out of memory. */
 char *lloco_path_join(const char *dir, const char *name);
 
+/* A growable byte buffer, NUL-terminated after every append (data is NULL
+ * until the first). Zero-initialise it; lloco_buf_free releases it. */
+typedef struct {
+    char *data;
+    size_t len, cap;
+} lloco_buf;
+/* LLOCO_ERR_NOMEM when out of memory (the buffer is unchanged then). */
+int lloco_buf_append(lloco_buf *b, const void *s, size_t n);
+int lloco_buf_printf(lloco_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void lloco_buf_free(lloco_buf *b);
+
 /* Overflow-checked size arithmetic: return 0 on success, LLOCO_ERR_RANGE on
  * overflow. */
 int lloco_size_mul(size_t a, size_t b, size_t *out);

@@ -20,8 +20,7 @@ struct lloco_textout {
     int n_stop;
     int (*on_text)(const char *text, size_t len, void *user);
     void *user;
-    char *buf; /* pending text: decoded but maybe the start of a stop string */
-    size_t len, cap;
+    lloco_buf text; /* pending: decoded but maybe the start of a stop string */
     int ended;
 };
 
@@ -52,22 +51,8 @@ void lloco_textout_free(lloco_textout *o) {
     if (!o) return;
     for (int i = 0; i < o->n_stop; i++) free(o->stop[i]);
     free(o->stop);
-    free(o->buf);
+    lloco_buf_free(&o->text);
     free(o);
-}
-
-static int text_append(lloco_textout *o, const char *s, size_t n) {
-    if (o->len + n + 1 > o->cap) {
-        size_t cap = (o->cap + n + 1) * 2;
-        char *b = realloc(o->buf, cap);
-        if (!b) return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
-        o->buf = b;
-        o->cap = cap;
-    }
-    memcpy(o->buf + o->len, s, n);
-    o->len += n;
-    o->buf[o->len] = 0;
-    return 0;
 }
 
 /* How many bytes of pending text are final: everything before a complete
@@ -75,11 +60,13 @@ static int text_append(lloco_textout *o, const char *s, size_t n) {
  * grow into one. */
 static size_t final_prefix(const lloco_textout *o, int *found) {
     *found = 0;
-    size_t cut = o->len;
-    for (int i = 0; i < o->n_stop; i++) {
-        const char *hit = strstr(o->buf, o->stop[i]);
-        if (hit && (size_t)(hit - o->buf) < cut) {
-            cut = (size_t)(hit - o->buf);
+    const char *buf = o->text.data;
+    const size_t len = o->text.len;
+    size_t cut = len;
+    for (int i = 0; buf && i < o->n_stop; i++) {
+        const char *hit = strstr(buf, o->stop[i]);
+        if (hit && (size_t)(hit - buf) < cut) {
+            cut = (size_t)(hit - buf);
             *found = 1;
         }
     }
@@ -87,8 +74,8 @@ static size_t final_prefix(const lloco_textout *o, int *found) {
     for (int i = 0; i < o->n_stop; i++) {
         size_t sl = strlen(o->stop[i]);
         for (size_t k = sl - 1; k > 0; k--) {
-            if (k <= o->len && o->len - k < cut && !memcmp(o->buf + o->len - k, o->stop[i], k)) {
-                cut = o->len - k;
+            if (k <= len && len - k < cut && !memcmp(buf + len - k, o->stop[i], k)) {
+                cut = len - k;
                 break;
             }
         }
@@ -98,11 +85,12 @@ static size_t final_prefix(const lloco_textout *o, int *found) {
 
 /* Hands the first n pending bytes to on_text; 1 if it asked to stop. */
 static int emit(lloco_textout *o, size_t n) {
+    lloco_buf *t = &o->text;
     int stop = 0;
-    if (n && o->on_text) stop = o->on_text(o->buf, n, o->user) != 0;
-    if (!o->buf) return stop; /* nothing appended yet */
-    memmove(o->buf, o->buf + n, o->len - n + 1);
-    o->len -= n;
+    if (n && o->on_text) stop = o->on_text(t->data, n, o->user) != 0;
+    if (!t->data) return stop; /* nothing appended yet */
+    memmove(t->data, t->data + n, t->len - n + 1);
+    t->len -= n;
     return stop;
 }
 
@@ -113,7 +101,7 @@ int lloco_textout_push(lloco_textout *o, int32_t id, lloco_stop_reason *stop) {
     char piece[256];
     int n = lloco_detok_push(&o->dt, id, piece, sizeof piece);
     if (n < 0 || n > (int)sizeof piece) n = 0;
-    int rc = text_append(o, piece, (size_t)n);
+    int rc = lloco_buf_append(&o->text, piece, (size_t)n);
     if (rc) return rc;
     int found;
     size_t fin = final_prefix(o, &found);
@@ -123,7 +111,7 @@ int lloco_textout_push(lloco_textout *o, int32_t id, lloco_stop_reason *stop) {
     }
     if (found) {
         *stop = LLOCO_STOP_STRING;
-        o->len = 0;
+        o->text.len = 0;
         return o->ended = 1;
     }
     return 0;
@@ -134,8 +122,8 @@ int lloco_textout_finish(lloco_textout *o) {
     o->ended = 1;
     char piece[16];
     int n = lloco_detok_flush(&o->dt, piece, sizeof piece);
-    int rc = n > 0 && n <= (int)sizeof piece ? text_append(o, piece, (size_t)n) : 0;
-    if (!rc) emit(o, o->len);
+    int rc = n > 0 && n <= (int)sizeof piece ? lloco_buf_append(&o->text, piece, (size_t)n) : 0;
+    if (!rc) emit(o, o->text.len);
     return rc;
 }
 

@@ -81,13 +81,10 @@ struct api_req {
     /* events from the scheduler, under srv->ev_mu */
     api_req *pend_next;
     int in_pending;
-    char *ev_text;
-    size_t ev_len, ev_cap;
+    lloco_buf ev_text;
     int ev_done;
     lloco_sched_result res;
-    /* the answer so far (non-streaming) */
-    char *text;
-    size_t len, cap;
+    lloco_buf text; /* the answer so far (non-streaming) */
 };
 
 /* ---- responses and metrics ------------------------------------------------ */
@@ -152,8 +149,8 @@ static void req_free(api_req *r) {
     cJSON_Delete(r->body);
     free(r->msgs);
     lloco_prepared_free(&r->prep);
-    free(r->ev_text);
-    free(r->text);
+    lloco_buf_free(&r->ev_text);
+    lloco_buf_free(&r->text);
     free(r);
 }
 
@@ -179,18 +176,8 @@ static int on_text(const char *text, size_t len, void *user) {
     api_req *r = user;
     lloco_server *s = r->srv;
     pthread_mutex_lock(&s->ev_mu);
-    int ok = 1;
-    if (r->ev_len + len + 1 > r->ev_cap) {
-        size_t cap = (r->ev_len + len + 1) * 2;
-        char *p = realloc(r->ev_text, cap);
-        if (p) r->ev_text = p, r->ev_cap = cap;
-        else ok = 0;
-    }
-    if (ok) {
-        memcpy(r->ev_text + r->ev_len, text, len);
-        r->ev_len += len;
-        queue_event(r);
-    }
+    const int ok = lloco_buf_append(&r->ev_text, text, len) == 0;
+    if (ok) queue_event(r);
     pthread_mutex_unlock(&s->ev_mu);
     uv_async_send(&s->async);
     return !ok;
@@ -213,10 +200,12 @@ static const char *finish_reason(lloco_stop_reason r) {
     return r == LLOCO_STOP_LENGTH || r == LLOCO_STOP_CONTEXT ? "length" : "stop";
 }
 
-static cJSON *lloco_object(const api_req *r, int with_text) {
-    const lloco_prepared *p = &r->prep;
+cJSON *lloco_answer_json(const lloco_prepared *p, lloco_mode mode, const lloco_sched_result *res,
+                         double t_total, int with_text) {
+    const lloco_sched_result none = {0};
+    if (!res) res = &none;
     cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "mode", lloco_mode_name(r->q.mode));
+    cJSON_AddStringToObject(j, "mode", lloco_mode_name(mode));
     if (p->group) cJSON_AddStringToObject(j, "group", p->group);
     else cJSON_AddNullToObject(j, "group");
     if (p->adapter) cJSON_AddStringToObject(j, "adapter", p->adapter);
@@ -246,12 +235,17 @@ static cJSON *lloco_object(const api_req *r, int with_text) {
     cJSON_AddBoolToObject(j, "truncated", p->truncated);
     cJSON *t = cJSON_AddObjectToObject(j, "timings");
     cJSON_AddNumberToObject(t, "retrieve_s", p->t_retrieve);
-    cJSON_AddNumberToObject(t, "queued_s", r->res.t_queued);
-    cJSON_AddNumberToObject(t, "prefill_s", r->res.t_prefill);
-    cJSON_AddNumberToObject(t, "first_token_s", r->res.t_first_token);
-    cJSON_AddNumberToObject(t, "decode_s", r->res.t_decode);
-    cJSON_AddNumberToObject(t, "total_s", lloco_time_now() - r->t_start);
+    cJSON_AddNumberToObject(t, "queued_s", res->t_queued);
+    cJSON_AddNumberToObject(t, "prefill_s", res->t_prefill);
+    cJSON_AddNumberToObject(t, "first_token_s", res->t_first_token);
+    cJSON_AddNumberToObject(t, "decode_s", res->t_decode);
+    cJSON_AddNumberToObject(t, "total_s", t_total);
     return j;
+}
+
+static cJSON *lloco_object(const api_req *r, int with_text) {
+    return lloco_answer_json(&r->prep, r->q.mode, &r->res, lloco_time_now() - r->t_start,
+                             with_text);
 }
 
 static cJSON *usage_object(const api_req *r) {
@@ -363,7 +357,7 @@ static void finish_generation(api_req *r) {
     } else {
         cJSON *j = envelope(r, 0);
         cJSON_AddItemToArray(cJSON_AddArrayToObject(j, "choices"),
-                             choice(r, r->text ? r->text : "", r->len, fin, 0, 1));
+                             choice(r, r->text.data ? r->text.data : "", r->text.len, fin, 0, 1));
         cJSON_AddItemToObject(j, "usage", usage_object(r));
         cJSON_AddItemToObject(j, "lloco", lloco_object(r, 0));
         respond_json(r->http, 200, j, NULL);
@@ -380,16 +374,7 @@ static void deliver(api_req *r, const char *text, size_t len) {
         sse(r, j);
         return;
     }
-    if (r->len + len + 1 > r->cap) {
-        size_t cap = (r->len + len + 1) * 2;
-        char *p = realloc(r->text, cap);
-        if (!p) return;
-        r->text = p;
-        r->cap = cap;
-    }
-    memcpy(r->text + r->len, text, len);
-    r->len += len;
-    r->text[r->len] = '\0';
+    lloco_buf_append(&r->text, text, len);
 }
 
 static void begin_shutdown(lloco_server *s);
@@ -406,14 +391,12 @@ static void on_async(uv_async_t *a) {
         pthread_mutex_lock(&s->ev_mu);
         list = r->pend_next;
         r->in_pending = 0;
-        char *text = r->ev_text;
-        size_t len = r->ev_len;
-        r->ev_text = NULL;
-        r->ev_len = r->ev_cap = 0;
+        lloco_buf text = r->ev_text;
+        r->ev_text = (lloco_buf){0};
         int done = r->ev_done;
         pthread_mutex_unlock(&s->ev_mu);
-        deliver(r, text, len);
-        free(text);
+        deliver(r, text.data, text.len);
+        lloco_buf_free(&text);
         if (done) finish_generation(r);
     }
 }
@@ -991,70 +974,45 @@ static int job_retrieve(job *j) {
 
 /* ---- metrics ------------------------------------------------------------------- */
 
-typedef struct {
-    char *s;
-    size_t len, cap;
-} out_buf;
-
-static void outf(out_buf *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void outf(out_buf *o, const char *fmt, ...) {
-    va_list ap;
-    for (;;) {
-        va_start(ap, fmt);
-        int n = vsnprintf(o->s ? o->s + o->len : NULL, o->s ? o->cap - o->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) return;
-        if (o->s && o->len + (size_t)n < o->cap) {
-            o->len += (size_t)n;
-            return;
-        }
-        size_t cap = (o->cap + (size_t)n + 1) * 2;
-        char *p = realloc(o->s, cap);
-        if (!p) return;
-        o->s = p;
-        o->cap = cap;
-    }
-}
-
-static void histogram(out_buf *o, const char *name, const char *help, const uint64_t *buckets,
+static void histogram(lloco_buf *o, const char *name, const char *help, const uint64_t *buckets,
                       double sum, uint64_t count) {
     const double *bounds = lloco_sched_bucket_bounds();
-    outf(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    lloco_buf_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
     uint64_t cum = 0;
     for (int i = 0; i < LLOCO_SCHED_N_BUCKETS; i++) {
         cum += buckets[i];
-        if (i == LLOCO_SCHED_N_BUCKETS - 1) outf(o, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
-        else outf(o, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i], (unsigned long long)cum);
+        if (i == LLOCO_SCHED_N_BUCKETS - 1) lloco_buf_printf(o, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+        else lloco_buf_printf(o, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i], (unsigned long long)cum);
     }
-    outf(o, "%s_sum %.6f\n%s_count %llu\n", name, sum, name, (unsigned long long)count);
+    lloco_buf_printf(o, "%s_sum %.6f\n%s_count %llu\n", name, sum, name, (unsigned long long)count);
 }
 
 static void handle_metrics(lloco_server *s, lloco_http_req *h) {
     lloco_sched_stats st;
     lloco_sched_stats_get(s->sched, &st);
-    out_buf o = {0};
-    outf(&o, "# HELP lloco_http_requests_total HTTP responses sent, by status\n"
+    lloco_buf o = {0};
+    lloco_buf_printf(&o, "# HELP lloco_http_requests_total HTTP responses sent, by status\n"
              "# TYPE lloco_http_requests_total counter\n");
     for (int i = 0; i < N_STATUS && s->by_status[i].status; i++)
-        outf(&o, "lloco_http_requests_total{status=\"%d\"} %llu\n", s->by_status[i].status,
+        lloco_buf_printf(&o, "lloco_http_requests_total{status=\"%d\"} %llu\n", s->by_status[i].status,
              (unsigned long long)s->by_status[i].n);
-    outf(&o, "# HELP lloco_client_disconnects_total requests whose client went away before the answer\n"
+    lloco_buf_printf(&o, "# HELP lloco_client_disconnects_total requests whose client went away before the answer\n"
              "# TYPE lloco_client_disconnects_total counter\nlloco_client_disconnects_total %llu\n",
          (unsigned long long)s->disconnects);
-    outf(&o, "# HELP lloco_prompt_tokens_total input positions prefilled\n"
+    lloco_buf_printf(&o, "# HELP lloco_prompt_tokens_total input positions prefilled\n"
              "# TYPE lloco_prompt_tokens_total counter\nlloco_prompt_tokens_total %llu\n",
          (unsigned long long)st.prompt_tokens);
-    outf(&o, "# HELP lloco_generated_tokens_total tokens generated\n"
+    lloco_buf_printf(&o, "# HELP lloco_generated_tokens_total tokens generated\n"
              "# TYPE lloco_generated_tokens_total counter\nlloco_generated_tokens_total %llu\n",
          (unsigned long long)st.generated_tokens);
-    outf(&o, "# HELP lloco_sequences_total sequences ended, by outcome\n"
+    lloco_buf_printf(&o, "# HELP lloco_sequences_total sequences ended, by outcome\n"
              "# TYPE lloco_sequences_total counter\n"
              "lloco_sequences_total{outcome=\"finished\"} %llu\n"
              "lloco_sequences_total{outcome=\"cancelled\"} %llu\n"
              "lloco_sequences_total{outcome=\"failed\"} %llu\n",
          (unsigned long long)st.finished, (unsigned long long)st.cancelled,
          (unsigned long long)st.failed);
-    outf(&o, "# HELP lloco_decode_steps_total forward passes of the scheduler\n"
+    lloco_buf_printf(&o, "# HELP lloco_decode_steps_total forward passes of the scheduler\n"
              "# TYPE lloco_decode_steps_total counter\nlloco_decode_steps_total %llu\n",
          (unsigned long long)st.steps);
     histogram(&o, "lloco_time_to_first_token_seconds", "from arrival at the scheduler to the first token",
@@ -1062,7 +1020,7 @@ static void handle_metrics(lloco_server *s, lloco_http_req *h) {
     histogram(&o, "lloco_time_per_output_token_seconds", "time between consecutive tokens of a sequence",
               st.itl_buckets, st.itl_sum, st.itl_count);
     lloco_bank *b = lloco_engine_bank(s->eng);
-    outf(&o,
+    lloco_buf_printf(&o,
          "# HELP lloco_queue_depth requests waiting for the scheduler\n# TYPE lloco_queue_depth gauge\n"
          "lloco_queue_depth %d\n"
          "# HELP lloco_running_sequences sequences in the running batch\n# TYPE lloco_running_sequences gauge\n"
@@ -1084,9 +1042,9 @@ static void handle_metrics(lloco_server *s, lloco_http_req *h) {
          st.queued, st.running, st.last_batch_seqs, st.last_batch_tokens, st.kv_reserved_bytes,
          st.kv_budget_bytes, lloco_http_n_active(s->http), b ? lloco_bank_n_resident(b) : 0,
          b ? lloco_bank_resident_bytes(b) : (size_t)0);
-    if (o.s) lloco_http_respond(h, 200, "text/plain; version=0.0.4", o.s, o.len, NULL);
+    if (o.data) lloco_http_respond(h, 200, "text/plain; version=0.0.4", o.data, o.len, NULL);
     else lloco_http_respond_error(h, 500, "server_error", NULL, NULL, "out of memory");
-    free(o.s);
+    lloco_buf_free(&o);
 }
 
 /* ---- routing ---------------------------------------------------------------------- */

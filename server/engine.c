@@ -238,44 +238,25 @@ static int document_order(lloco_store_txn *t, pick *p, int n) {
 
 /* ---- text ------------------------------------------------------------------ */
 
-typedef struct {
-    char *s;
-    size_t len, cap;
-} sbuf;
-
-static int sb_add(sbuf *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = (b->len + n + 1) * 2;
-        char *p = realloc(b->s, cap);
-        if (!p) return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = '\0';
-    return 0;
-}
-
 /* tmpl with {context} and {question} replaced. */
 static int fill_template(const char *tmpl, const char *context, size_t context_len,
                          const char *question, char **out) {
-    sbuf b = {0};
-    int rc = sb_add(&b, "", 0);
+    lloco_buf b = {0};
+    int rc = lloco_buf_append(&b, "", 0);
     for (const char *p = tmpl; !rc && *p;) {
         if (!strncmp(p, "{context}", 9)) {
-            rc = sb_add(&b, context, context_len);
+            rc = lloco_buf_append(&b, context, context_len);
             p += 9;
         } else if (!strncmp(p, "{question}", 10)) {
-            rc = sb_add(&b, question, strlen(question));
+            rc = lloco_buf_append(&b, question, strlen(question));
             p += 10;
         } else {
-            rc = sb_add(&b, p, 1);
+            rc = lloco_buf_append(&b, p, 1);
             p++;
         }
     }
-    if (rc) free(b.s);
-    *out = rc ? NULL : b.s;
+    if (rc) lloco_buf_free(&b);
+    *out = rc ? NULL : b.data;
     return rc;
 }
 
@@ -437,23 +418,23 @@ static int layout_compressed(lloco_engine *e, lloco_store_txn *t, const int32_t 
 
 /* The texts of the chunks, in order ("\n\n" between chunks of different
  * documents or non-adjacent ones; adjacent segments join as they were). */
-static int chunk_texts(const lloco_prepared *p, sbuf *ctx) {
-    int rc = sb_add(ctx, "", 0);
+static int chunk_texts(const lloco_prepared *p, lloco_buf *ctx) {
+    int rc = lloco_buf_append(ctx, "", 0);
     for (int i = 0; !rc && i < p->n_chunks; i++) {
         const lloco_used_chunk *c = &p->chunks[i];
         int adjacent = i > 0 && !strcmp(p->chunks[i - 1].doc_id, c->doc_id) &&
                        p->chunks[i - 1].ordinal + 1 == c->ordinal;
-        if (i > 0 && !adjacent) rc = sb_add(ctx, "\n\n", 2);
-        if (!rc) rc = sb_add(ctx, c->text, c->text_len);
+        if (i > 0 && !adjacent) rc = lloco_buf_append(ctx, "\n\n", 2);
+        if (!rc) rc = lloco_buf_append(ctx, c->text, c->text_len);
     }
     return rc;
 }
 
 /* Full mode: cut the document's text to `budget` tokens. */
-static int cut_to_tokens(const lloco_tokenizer *tok, sbuf *ctx, int budget, int *cut) {
+static int cut_to_tokens(const lloco_tokenizer *tok, lloco_buf *ctx, int budget, int *cut) {
     int32_t *ids = NULL;
     int n = 0;
-    int rc = tokenize(tok, ctx->s, 0, &ids, &n);
+    int rc = tokenize(tok, ctx->data, 0, &ids, &n);
     *cut = 0;
     if (!rc && n > budget) {
         *cut = 1;
@@ -463,8 +444,8 @@ static int cut_to_tokens(const lloco_tokenizer *tok, sbuf *ctx, int budget, int 
         if (!s) rc = lloco_error(LLOCO_ERR_NOMEM, "out of memory");
         else {
             lloco_tokenizer_decode(tok, ids, budget, 0, s, need + 1);
-            free(ctx->s);
-            ctx->s = s;
+            free(ctx->data);
+            ctx->data = s;
             ctx->len = strlen(s);
             ctx->cap = (size_t)need + 1;
         }
@@ -490,7 +471,7 @@ int lloco_engine_prepare(lloco_engine *e, const lloco_query *q, lloco_prepared *
     pick best[MAX_TOP_K], *all = NULL;
     int n_best = 0, n_all = 0;
     char group[256] = "";
-    sbuf ctx = {0};
+    lloco_buf ctx = {0};
     char *prompt = NULL;
     int32_t *ids = NULL;
     int n_ids = 0;
@@ -515,12 +496,12 @@ int lloco_engine_prepare(lloco_engine *e, const lloco_query *q, lloco_prepared *
         ids = NULL;
         rc = cut_to_tokens(tok, &ctx, e->n_ctx - q->max_tokens - n_bare - 8, &out->truncated);
     }
-    if (!rc && ctx.s) {
+    if (!rc && ctx.data) {
         free(prompt);
         free(ids);
         ids = NULL;
         prompt = NULL;
-        rc = render_prompt(e, q, question, ctx.s, ctx.len, &prompt);
+        rc = render_prompt(e, q, question, ctx.data, ctx.len, &prompt);
         if (!rc) rc = tokenize(tok, prompt, add_bos, &ids, &n_ids);
         out->n_context_positions = n_ids - n_bare;
     } else {
@@ -535,7 +516,7 @@ int lloco_engine_prepare(lloco_engine *e, const lloco_query *q, lloco_prepared *
     }
     lloco_store_read_end(t);
     free(all);
-    free(ctx.s);
+    lloco_buf_free(&ctx);
     free(prompt);
     free(ids);
 

@@ -314,6 +314,17 @@ static void *sched_main(void *arg) {
     return NULL;
 }
 
+/* Everything but the thread. */
+static void sched_release(lloco_sched *s) {
+    if (s->bank) lloco_bank_set_notify(s->bank, NULL, NULL);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s->running);
+    free(s->logits);
+    free(s->batch);
+    free(s);
+}
+
 int lloco_sched_create(lloco_engine *e, const lloco_sched_params *p, lloco_sched **out) {
     *out = NULL;
     lloco_sched *s = calloc(1, sizeof *s);
@@ -339,24 +350,15 @@ int lloco_sched_create(lloco_engine *e, const lloco_sched_params *p, lloco_sched
     s->running = calloc((size_t)s->p.max_seqs, sizeof *s->running);
     s->logits = malloc(sizeof(float) * (size_t)s->p.max_seqs * (size_t)s->n_vocab);
     s->batch = calloc((size_t)s->p.max_seqs, sizeof *s->batch);
-    if (!s->running || !s->logits || !s->batch) {
-        free(s->running);
-        free(s->logits);
-        free(s->batch);
-        free(s);
-        return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
-    }
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
+    if (!s->running || !s->logits || !s->batch) {
+        sched_release(s);
+        return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
+    }
     if (s->bank) lloco_bank_set_notify(s->bank, sched_notify, s);
     if (pthread_create(&s->thread, NULL, sched_main, s)) {
-        if (s->bank) lloco_bank_set_notify(s->bank, NULL, NULL);
-        pthread_cond_destroy(&s->cv);
-        pthread_mutex_destroy(&s->mu);
-        free(s->running);
-        free(s->logits);
-        free(s->batch);
-        free(s);
+        sched_release(s);
         return lloco_error(LLOCO_ERR_IO, "cannot start the scheduler thread");
     }
     *out = s;
@@ -370,13 +372,7 @@ void lloco_sched_free(lloco_sched *s) {
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     pthread_join(s->thread, NULL);
-    if (s->bank) lloco_bank_set_notify(s->bank, NULL, NULL);
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->mu);
-    free(s->running);
-    free(s->logits);
-    free(s->batch);
-    free(s);
+    sched_release(s);
 }
 
 static int seq_from_request(lloco_sched *s, const lloco_sched_request *r, seq **out) {

@@ -207,6 +207,17 @@ typedef struct {
 
 void lloco_sched_stats_get(lloco_sched *s, lloco_sched_stats *out);
 
+/* What an answer used, as a cJSON object the caller owns (cJSON_Delete):
+ * mode, group, adapter, chunks (id, doc, ordinal, score, token span, slots,
+ * and their text when with_text), input and context positions, the raw
+ * tokens they stand for and the ratio, and timings (res may be NULL before
+ * decoding; t_total: seconds since the question arrived). The API's
+ * `lloco` object and `lloco ask --json` are this. */
+struct cJSON;
+struct cJSON *lloco_answer_json(const lloco_prepared *p, lloco_mode mode,
+                                const lloco_sched_result *res, double t_total,
+                                int with_text);
+
 /* ---- the HTTP server -------------------------------------------------------
  * OpenAI-compatible API over an engine and a scheduler: POST
  * /v1/completions and /v1/chat/completions (non-streaming and SSE), GET

@@ -87,10 +87,10 @@ expect adapters-unassign-again 3 'group g1 has no adapter' -- "$LLOCO" adapters 
 expect generate-adapter-dotdot 1 "adapter '\.\./r8-qkvo': invalid name" -- "$LLOCO" generate -m "$TINY/hf" -p Hi -n 4 --adapters-dir "$LORA" --adapter ../r8-qkvo
 # ask: the answer pipeline on the tiny store (compressed by hf-ac)
 ASK=(-m "$SRC/tests/fixtures/compressor/hf-ac" "${EMB[@]}" -n 4 --temp 0)
-expect ask-compressed 0 '^\{"answer":.*"mode":"compressed","group":"g1","adapter":null,"chunks":\[\{"doc_id":"d1"' -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --json --group g1 honey
+expect ask-compressed 0 '^\{"mode":"compressed","group":"g1","adapter":null,"chunks":\[\{"chunk_id":[0-9]+,"doc_id":"d1".*"answer":' -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --json --group g1 honey
 expect ask-text 0 '"mode":"text".*"context_positions":[1-9]' -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --json --mode text -k 2 ships
 expect ask-none 0 '"mode":"none","group":null.*"chunks":\[\]' -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --json --mode none hello
-expect ask-doc 0 '"chunks":\[\{"doc_id":"d1"' -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --json --doc d1 ships
+expect ask-doc 0 '"chunks":\[\{"chunk_id":[0-9]+,"doc_id":"d1"' -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --json --doc d1 ships
 expect ask-adapter 0 '"adapter":"r8-qkvo"' -- "$LLOCO" ask --store "$tmp/s" -m "$TINY/hf" "${EMB[@]}" -n 2 --json --mode text --adapters-dir "$LORA" --adapter r8-qkvo ships
 expect ask-missing-store 2 'missing --store' -- "$LLOCO" ask "${ASK[@]}" honey
 expect ask-bad-mode 2 "bad --mode 'zip'" -- "$LLOCO" ask --store "$tmp/s" "${ASK[@]}" --mode zip honey

@@ -1,5 +1,6 @@
-/* core's UTF-8 helpers: the validator (overlongs, surrogates, range), the
- * streaming tail check and the repair that makes any bytes valid JSON text.
+/* core's text helpers: the UTF-8 validator (overlongs, surrogates, range), the
+ * streaming tail check, the repair that makes any bytes valid JSON text, and
+ * the growable buffer.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -43,4 +44,17 @@ TEST_CASE(utf8_repair) {
     char *r = lloco_utf8_repair("a\0b", 3);
     CHECK(r && !strcmp(r, "a\xEF\xBF\xBD" "b"));
     free(r);
+}
+
+TEST_CASE(buf_append_printf) {
+    lloco_buf b = {0};
+    CHECK_OK(lloco_buf_append(&b, "", 0));
+    CHECK(b.data && b.len == 0 && b.data[0] == '\0');
+    for (int i = 0; i < 1000; i++) CHECK_OK(lloco_buf_printf(&b, "%d,", i));
+    CHECK_OK(lloco_buf_append(&b, "end\0x", 5));
+    CHECK(b.len == 3890 + 5);
+    CHECK(!strncmp(b.data, "0,1,2,", 6) && !memcmp(b.data + b.len - 9, "999,end\0x", 9));
+    CHECK(b.data[b.len] == '\0');
+    lloco_buf_free(&b);
+    CHECK(b.data == NULL && b.len == 0 && b.cap == 0);
 }
