@@ -5,8 +5,9 @@
  * line per result, plus per-token estimates and the cost of swapping a
  * merged adapter, on stderr. Exits 1 if a check failed.
  *
- * usage: benchmark-kernels [--quick] [--threads N]
+ * usage: benchmark-kernels [--quick] [--threads N] [--attention M,P0]
  *   --quick      fewer shapes and shorter timings (a smoke run)
+ *   --attention  only the attention of M new rows after P0 cached positions
  *   --threads N  the multi-threaded runs use N threads (default: all CPUs)
  */
 #include <math.h>
@@ -377,14 +378,17 @@ static void bench_lora_all(bench_backend *bbs, int nbb, int quick) {
 }
 
 int main(int argc, char **argv) {
-    int quick = 0, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int quick = 0, threads = (int)sysconf(_SC_NPROCESSORS_ONLN), attn_m = 0, attn_p0 = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
+        else if (strcmp(argv[i], "--attention") == 0 && i + 1 < argc &&
+                 sscanf(argv[i + 1], "%d,%d", &attn_m, &attn_p0) == 2 && attn_m > 0 && attn_p0 >= 0)
+            i++;
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
             threads = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--quick] [--threads N]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--quick] [--threads N] [--attention M,P0]\n", argv[0]);
             return 2;
         }
     }
@@ -399,6 +403,10 @@ int main(int argc, char **argv) {
     if (nbb < 2) {
         fprintf(stderr, "benchmark: cannot create backends: %s\n", lloco_last_error());
         return 1;
+    }
+    if (attn_m) {
+        bench_attention(bbs, nbb, attn_m, attn_p0);
+        return any_failed;
     }
     const lloco_dtype types[] = {LLOCO_DTYPE_Q4_1, LLOCO_DTYPE_Q8_0};
     double token_ms[2][3] = {{0}}, head_ms[3] = {0};

@@ -90,6 +90,8 @@ void lloco_ref_softmax(lloco_backend *be, float *x, int m, int n);
 void lloco_ref_silu_mul(lloco_backend *be, const float *gate, const float *up, float *out,
                         int64_t n);
 void lloco_ref_gelu(lloco_backend *be, float *x, int64_t n, int approx);
+/* lloco_gelu's constants: 1/sqrt(2), p, a1..a5, -2 sqrt(2/pi). */
+extern const float lloco_gelu_k[8];
 void lloco_ref_add(lloco_backend *be, float *y, const float *x, int64_t n);
 void lloco_ref_get_rows(lloco_backend *be, const void *table, lloco_dtype t, int d,
                         const int32_t *ids, int m, float *out);

@@ -407,12 +407,16 @@ static void gelu_task(void *p, int ith, int nth) {
     ew_job *j = p;
     int64_t b, e;
     split_range(j->n, 64, ith, nth, &b, &e);
-    if (b < e) lloco_ref_gelu(NULL, j->out + b, e - b, j->approx);
+    if (b >= e) return;
+    if (j->kern)
+        j->kern->gelu(j->out + b, e - b, j->approx);
+    else
+        lloco_ref_gelu(NULL, j->out + b, e - b, j->approx);
 }
 
 static void cpu_gelu(lloco_backend *be, float *x, int64_t n, int approx) {
     cpu_ctx *cx = be->ctx;
-    ew_job j = {.out = x, .n = n, .approx = approx};
+    ew_job j = {.kern = cx->kern, .out = x, .n = n, .approx = approx};
     run_rows(cx, gelu_task, &j, n);
 }
 

@@ -95,6 +95,7 @@ typedef struct {
     void (*rmsnorm_row)(const float *x, const float *w, int d, float eps, float *y);
     void (*softmax_row)(float *x, int n);
     void (*silu_mul)(const float *gate, const float *up, float *out, int64_t n);
+    void (*gelu)(float *x, int64_t n, int approx);
     void (*add)(float *y, const float *x, int64_t n);
     void (*f16_to_f32)(const uint16_t *src, float *dst, int64_t n);
     void (*f32_to_f16)(const float *src, uint16_t *dst, int64_t n);

@@ -315,16 +315,27 @@ void lloco_ref_silu_mul(lloco_backend *be, const float *gate, const float *up, f
     }
 }
 
+/* Constants of lloco_gelu, shared with the SIMD kernels. */
+const float lloco_gelu_k[8] = {
+    0.70710678118654752f, /* 1 / sqrt(2) */
+    0.3275911f,           /* p */
+    0.254829592f,  -0.284496736f, 1.421413741f, -1.453152027f, 1.061405429f, /* a1..a5 */
+    -1.5957691216057308f, /* -2 sqrt(2 / pi) */
+};
+
+float lloco_gelu(float x, int approx) {
+    const float *k = lloco_gelu_k;
+    if (approx) return x / (1.0f + lloco_expf_ggml(k[7] * fmaf(0.044715f, x * x * x, x)));
+    const float z = fabsf(x) * k[0];
+    const float t = 1.0f / fmaf(k[1], z, 1.0f);
+    const float poly = fmaf(fmaf(fmaf(fmaf(k[6], t, k[5]), t, k[4]), t, k[3]), t, k[2]) * t;
+    const float e = poly * lloco_expf_ggml(0.0f - z * z);
+    return x * (x >= 0.0f ? fmaf(-0.5f, e, 1.0f) : 0.5f * e);
+}
+
 void lloco_ref_gelu(lloco_backend *be, float *x, int64_t n, int approx) {
     (void)be;
-    const float sqrt_2_over_pi = 0.7978845608028654f;
-    for (int64_t i = 0; i < n; i++) {
-        const float v = x[i];
-        if (approx)
-            x[i] = 0.5f * v * (1.0f + tanhf(sqrt_2_over_pi * (v + 0.044715f * v * v * v)));
-        else
-            x[i] = 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
-    }
+    for (int64_t i = 0; i < n; i++) x[i] = lloco_gelu(x[i], approx);
 }
 
 void lloco_ref_add(lloco_backend *be, float *y, const float *x, int64_t n) {

@@ -1162,6 +1162,52 @@ static void x86_silu_mul(const float *gate, const float *up, float *out, int64_t
     for (; i < n; i++) out[i] = gate[i] / (1.0f + lloco_expf_ggml(0.0f - gate[i])) * up[i];
 }
 
+/* |v|, and a where x >= 0 else b, lane by lane. */
+INLINE v16 v16_abs(v16 v) {
+#if X86_WIDTH == 512
+    return _mm512_abs_ps(v);
+#else
+    const __m256 m = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    return v16_make(_mm256_and_ps(v.lo, m), _mm256_and_ps(v.hi, m));
+#endif
+}
+
+INLINE v16 v16_select_nonneg(v16 x, v16 a, v16 b) {
+#if X86_WIDTH == 512
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ), b, a);
+#else
+    const __m256 z = _mm256_setzero_ps();
+    return v16_make(_mm256_blendv_ps(b.lo, a.lo, _mm256_cmp_ps(x.lo, z, _CMP_GE_OQ)),
+                    _mm256_blendv_ps(b.hi, a.hi, _mm256_cmp_ps(x.hi, z, _CMP_GE_OQ)));
+#endif
+}
+
+/* lloco_gelu, 16 lanes at a time. */
+static void x86_gelu(float *x, int64_t n, int approx) {
+    const float *k = lloco_gelu_k;
+    const v16 one = v16_set1(1.0f);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const v16 v = v16_load(x + i);
+        if (approx) {
+            const v16 u = v16_fma(v16_set1(0.044715f), v16_mul(v16_mul(v, v), v), v);
+            v16_store(x + i, v16_div(v, v16_add(one, v16_exp(v16_mul(v16_set1(k[7]), u)))));
+            continue;
+        }
+        const v16 z = v16_mul(v16_abs(v), v16_set1(k[0]));
+        const v16 t = v16_div(one, v16_fma(v16_set1(k[1]), z, one));
+        v16 poly = v16_fma(v16_set1(k[6]), t, v16_set1(k[5]));
+        poly = v16_fma(poly, t, v16_set1(k[4]));
+        poly = v16_fma(poly, t, v16_set1(k[3]));
+        poly = v16_mul(v16_fma(poly, t, v16_set1(k[2])), t);
+        const v16 e = v16_mul(poly, v16_exp(v16_sub(v16_zero(), v16_mul(z, z))));
+        const v16 h = v16_select_nonneg(v, v16_fma(v16_set1(-0.5f), e, one),
+                                        v16_mul(v16_set1(0.5f), e));
+        v16_store(x + i, v16_mul(v, h));
+    }
+    for (; i < n; i++) x[i] = lloco_gelu(x[i], approx);
+}
+
 static void x86_add(float *y, const float *x, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -1216,6 +1262,7 @@ static void x86_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
         .rmsnorm_row = x86_rmsnorm_row,                                                         \
         .softmax_row = x86_softmax_row,                                                         \
         .silu_mul = x86_silu_mul,                                                               \
+        .gelu = x86_gelu,                                                                       \
         .add = x86_add,                                                                         \
         .f16_to_f32 = x86_f16_to_f32,                                                           \
         .f32_to_f16 = x86_f32_to_f16,                                                           \

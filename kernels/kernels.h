@@ -158,13 +158,24 @@ void lloco_op_softmax(lloco_backend *be, float *x, int m, int n);
  * ops that follow GGML's exp use this. */
 float lloco_expf_ggml(float x);
 
+/* GELU of one value, the arithmetic every backend's lloco_op_gelu follows
+ * lane for lane (so that vectors and the reference agree bit for bit):
+ *  - erf form, x * Phi(x): with z = |x| / sqrt(2), e = erfc(z) by Abramowitz
+ *    & Stegun 7.1.26 (t = 1 / (1 + p z), e = t P(t) exp(-z^2), |error| <=
+ *    1.5e-7, exp by lloco_expf_ggml), x * (1 - e/2) for x >= 0, else
+ *    x * (e/2): within 5e-7 of the exact GELU everywhere;
+ *  - tanh form: 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), u = sqrt(2/pi)
+ *    (x + 0.044715 x^3), exp by lloco_expf_ggml. */
+float lloco_gelu(float x, int approx);
+
 /* out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + e) with e =
  * lloco_expf_ggml(0 - g): GGML's SWIGLU on rows whose length is a multiple
  * of 16 (the vectorized part, which covers every element then). out may
  * alias gate or up. */
 void lloco_op_silu_mul(lloco_backend *be, const float *gate, const float *up, float *out,
                        int64_t n);
-/* In-place GELU (tanh approximation when approx, erf otherwise). */
+/* In-place GELU (tanh approximation when approx, erf otherwise), as
+ * lloco_gelu_row computes it. */
 void lloco_op_gelu(lloco_backend *be, float *x, int64_t n, int approx);
 /* y[i] += x[i]. */
 void lloco_op_add(lloco_backend *be, float *y, const float *x, int64_t n);
