@@ -932,6 +932,111 @@ INLINE void kv_chunk(const void *base, lloco_dtype t, int stride, size_t head_of
     }
 }
 
+/* Scratch of an attention block (see attn_block): per query its scores
+ * (then probabilities), the lanes of its output dot product and its q. */
+#define ATTN_SC(qi) (scratch + (size_t)(qi) * q_floats)
+#define ATTN_LANES(qi) (ATTN_SC(qi) + sc_len)
+#define ATTN_NPOS(qi) (a->p0 + i0 + (qi) / nh + 1)
+
+/* Queries whose lane accumulators stay in registers together while they
+ * share each row of V (hd / 16 vectors per accumulator). */
+#define PV_GROUP(hd) ((hd) <= 64 ? 5 : (hd) <= 128 ? 2 : 1)
+
+/* The output lanes of tinyBLAS's dot product (16 lanes): lane by lane, a
+ * group of queries walks the positions of that lane, reading each V row
+ * once for the group and keeping every accumulator in registers. */
+INLINE void pv_lanes16(const attn_args *a, const lloco_dtype t, const int hd, size_t head_off,
+                       int nq, int i0, int nh, float *scratch, size_t q_floats, size_t sc_len) {
+    const int nv = hd / 16, G = PV_GROUP(hd);
+    for (int q0 = 0; q0 < nq; q0 += G) {
+        const int ng = nq - q0 < G ? nq - q0 : G;
+        const float *sc[PV_GROUP(16)];
+        UNROLL
+        for (int g = 0; g < PV_GROUP(16); g++) sc[g] = ATTN_SC(q0 + (g < ng ? g : ng - 1));
+        const int n_pos = ATTN_NPOS(q0 + ng - 1); /* the group's longest row */
+        /* every element set, so that the generic head size's unrolled
+         * loops see initialized values past nv */
+        v16 vr[16];
+        UNROLL
+        for (int s = 0; s < 16; s++) vr[s] = v16_zero();
+        for (int l = 0; l < 16; l++) {
+            v16 acc[PV_GROUP(16)][16];
+            UNROLL
+            for (int g = 0; g < PV_GROUP(16); g++) {
+                UNROLL
+                for (int s = 0; s < 16; s++) acc[g][s] = v16_zero();
+            }
+            for (int p = l; p < n_pos; p += 16) {
+                const size_t off = (size_t)p * a->kv_stride + head_off;
+                UNROLL
+                for (int s = 0; s < nv; s++)
+                    vr[s] = t == LLOCO_DTYPE_F16 ? v16_load_f16((const uint16_t *)a->v + off + 16 * s)
+                                                 : v16_load((const float *)a->v + off + 16 * s);
+                UNROLL
+                for (int g = 0; g < G; g++) {
+                    const v16 pr = v16_set1(sc[g][p]);
+                    UNROLL
+                    for (int s = 0; s < nv; s++) acc[g][s] = v16_fma(pr, vr[s], acc[g][s]);
+                }
+            }
+            UNROLL
+            for (int g = 0; g < G; g++) {
+                if (g >= ng) break;
+                UNROLL
+                for (int s = 0; s < nv; s++)
+                    v16_store(ATTN_LANES(q0 + g) + (size_t)l * hd + 16 * s, acc[g][s]);
+            }
+        }
+    }
+}
+
+/* The output lanes of vec_dot's product (64 lanes, one query row): chunk
+ * after chunk of V converted once for all queries, each lane getting four
+ * positions of a chunk; four lanes of a query at a time with their
+ * accumulators in registers. */
+INLINE void pv_lanes64(const attn_args *a, const lloco_dtype t, const int hd, size_t head_off,
+                       int nq, int i0, int nh, float *scratch, size_t q_floats, size_t sc_len,
+                       float *vbuf) {
+    const int nv = hd / 16, L = 64, n_max = ATTN_NPOS(nq - 1);
+    v16 acc[4][16];
+    memset(acc, 0, sizeof acc);
+    const int vch = 4 * L;
+    for (int c0 = 0; c0 < n_max; c0 += vch) {
+        const int nc = n_max - c0 < vch ? n_max - c0 : vch; /* rows converted */
+        kv_chunk(a->v, t, a->kv_stride, head_off, c0, nc, n_max, hd, vbuf);
+        for (int qi = 0; qi < nq; qi++) {
+            if (c0 >= ATTN_NPOS(qi)) continue;
+            const float *sc = ATTN_SC(qi);
+            float *lanes = ATTN_LANES(qi);
+            for (int l = 0; l < L; l += 4) {
+                UNROLL
+                for (int j = 0; j < 4; j++) {
+                    UNROLL
+                    for (int s = 0; s < nv; s++)
+                        acc[j][s] = v16_load(lanes + (size_t)(l + j) * hd + 16 * s);
+                }
+                for (int p = c0 + l; p < c0 + vch; p += L) {
+                    UNROLL
+                    for (int j = 0; j < 4; j++) {
+                        const v16 pr = v16_set1(sc[p + j]);
+                        const int row = p + j - c0 < nc ? p + j - c0 : nc - 1;
+                        const float *vr = vbuf + (size_t)row * hd;
+                        UNROLL
+                        for (int s = 0; s < nv; s++)
+                            acc[j][s] = v16_fma(pr, v16_load(vr + 16 * s), acc[j][s]);
+                    }
+                }
+                UNROLL
+                for (int j = 0; j < 4; j++) {
+                    UNROLL
+                    for (int s = 0; s < nv; s++)
+                        v16_store(lanes + (size_t)(l + j) * hd + 16 * s, acc[j][s]);
+                }
+            }
+        }
+    }
+}
+
 /* An attention block (see cpu_kernels.attn): lloco_ref_attention_head's
  * arithmetic per query, with the 16 lanes of GGML's dot products and
  * softmax in vectors. Per query, scratch holds its scores, then
@@ -948,10 +1053,7 @@ INLINE void attn_block(const attn_args *a, int i0, int nr, int h0, int nh, float
     const int L = tiny_pv ? 16 : 64;
     const size_t head_off = (size_t)(h0 / group) * hd;
     float *kbuf = scratch + (size_t)nq * q_floats, *vbuf = kbuf + 16 * (size_t)hd;
-#define SC(qi) (scratch + (size_t)(qi) * q_floats)
-#define LANE_BUF(qi) (SC(qi) + sc_len)
-#define QV(qi) (SC(qi) + sc_len + 64 * (size_t)hd)
-#define NPOS(qi) (a->p0 + i0 + (qi) / nh + 1)
+#define QV(qi) (ATTN_SC(qi) + sc_len + 64 * (size_t)hd)
     for (int qi = 0; qi < nq; qi++) {
         const float *qf = a->q + ((size_t)(i0 + qi / nh) * a->n_head + h0 + qi % nh) * hd;
         for (int s = 0; s < nv; s++) {
@@ -962,9 +1064,8 @@ INLINE void attn_block(const attn_args *a, int i0, int nr, int h0, int nh, float
     }
     /* cleared so that the unrolled loops of the generic head size see
      * initialized registers past nv */
-    v16 q[16], acc[4][16];
+    v16 q[16];
     memset(q, 0, sizeof q);
-    memset(acc, 0, sizeof acc);
     /* Scores, 16 positions at a time, so that their lane trees reduce
      * together. */
     const int nv64 = tiny_kq ? nv : (hd & ~63) / 16; /* vectors in the lanes, the rest left over */
@@ -972,8 +1073,8 @@ INLINE void attn_block(const attn_args *a, int i0, int nr, int h0, int nh, float
     for (int p0 = 0; p0 < n_max; p0 += 16) {
         kv_chunk(a->k, t, a->kv_stride, head_off, p0, 16, n_max, hd, kbuf);
         for (int qi = 0; qi < nq; qi++) {
-            if (p0 >= NPOS(qi)) continue;
-            float *sc = SC(qi);
+            if (p0 >= ATTN_NPOS(qi)) continue;
+            float *sc = ATTN_SC(qi);
             UNROLL
             for (int s = 0; s < nv; s++) q[s] = v16_load(QV(qi) + 16 * s);
             v16 dots[16];
@@ -1009,8 +1110,8 @@ INLINE void attn_block(const attn_args *a, int i0, int nr, int h0, int nh, float
         }
     }
     for (int qi = 0; qi < nq; qi++) {
-        float *sc = SC(qi);
-        const int n_pos = NPOS(qi), npad = (n_pos + 15) & ~15;
+        float *sc = ATTN_SC(qi);
+        const int n_pos = ATTN_NPOS(qi), npad = (n_pos + 15) & ~15;
         for (int p = n_pos; p < npad; p++) sc[p] = -INFINITY;
         v16 vmax = v16_set1(-INFINITY);
         for (int p = 0; p < npad; p += 16) vmax = v16_max(vmax, v16_load(sc + p));
@@ -1028,51 +1129,17 @@ INLINE void attn_block(const attn_args *a, int i0, int nr, int h0, int nh, float
             v16_store(sc + p, pr);
         }
         memset(sc + npad, 0, (sc_len - (size_t)npad) * sizeof(float));
-        memset(LANE_BUF(qi), 0, (size_t)L * hd * sizeof(float));
+        if (!tiny_pv) memset(ATTN_LANES(qi), 0, (size_t)L * hd * sizeof(float));
     }
     /* Lane l of the output dot product sums positions p = l (mod L) in
      * order; positions past a query's own have probability 0 and add
      * exactly nothing. */
-    /* Chunk after chunk of V converted once for all queries, each lane
-     * getting four positions of a chunk; four lanes of a query at a time
-     * with their accumulators in registers. */
-    const int vch = 4 * L;
-    for (int c0 = 0; c0 < n_max; c0 += vch) {
-        const int nc = n_max - c0 < vch ? n_max - c0 : vch; /* rows converted */
-        kv_chunk(a->v, t, a->kv_stride, head_off, c0, nc, n_max, hd, vbuf);
-        for (int qi = 0; qi < nq; qi++) {
-            if (c0 >= NPOS(qi)) continue;
-            const float *sc = SC(qi);
-            float *lanes = LANE_BUF(qi);
-            for (int l = 0; l < L; l += 4) {
-                UNROLL
-                for (int j = 0; j < 4; j++) {
-                    UNROLL
-                    for (int s = 0; s < nv; s++)
-                        acc[j][s] = v16_load(lanes + (size_t)(l + j) * hd + 16 * s);
-                }
-                for (int p = c0 + l; p < c0 + vch; p += L) {
-                    UNROLL
-                    for (int j = 0; j < 4; j++) {
-                        const v16 pr = v16_set1(sc[p + j]);
-                        const int row = p + j - c0 < nc ? p + j - c0 : nc - 1;
-                        const float *vr = vbuf + (size_t)row * hd;
-                        UNROLL
-                        for (int s = 0; s < nv; s++)
-                            acc[j][s] = v16_fma(pr, v16_load(vr + 16 * s), acc[j][s]);
-                    }
-                }
-                UNROLL
-                for (int j = 0; j < 4; j++) {
-                    UNROLL
-                    for (int s = 0; s < nv; s++)
-                        v16_store(lanes + (size_t)(l + j) * hd + 16 * s, acc[j][s]);
-                }
-            }
-        }
-    }
+    if (tiny_pv)
+        pv_lanes16(a, t, hd, head_off, nq, i0, nh, scratch, q_floats, sc_len);
+    else
+        pv_lanes64(a, t, hd, head_off, nq, i0, nh, scratch, q_floats, sc_len, vbuf);
     for (int qi = 0; qi < nq; qi++) {
-        const float *lanes = LANE_BUF(qi);
+        const float *lanes = ATTN_LANES(qi);
         float *out = a->out + ((size_t)(i0 + qi / nh) * a->n_head + h0 + qi % nh) * hd;
         for (int s = 0; s < nv; s++) {
             v16 w[16];
@@ -1086,10 +1153,7 @@ INLINE void attn_block(const attn_args *a, int i0, int nr, int h0, int nh, float
             v16_store(out + 16 * s, v16_tree(w));
         }
     }
-#undef SC
-#undef LANE_BUF
 #undef QV
-#undef NPOS
 }
 
 /* One instantiation per cache type and common head size makes them
@@ -1098,6 +1162,8 @@ static void x86_attn(const attn_args *a, int i0, int nr, int h0, int nh, float *
     if (a->kv_type == LLOCO_DTYPE_F16) {
         if (a->head_dim == 64)
             attn_block(a, i0, nr, h0, nh, scratch, 64, LLOCO_DTYPE_F16);
+        else if (a->head_dim == 128)
+            attn_block(a, i0, nr, h0, nh, scratch, 128, LLOCO_DTYPE_F16);
         else
             attn_block(a, i0, nr, h0, nh, scratch, a->head_dim, LLOCO_DTYPE_F16);
     } else {
@@ -1107,6 +1173,10 @@ static void x86_attn(const attn_args *a, int i0, int nr, int h0, int nh, float *
             attn_block(a, i0, nr, h0, nh, scratch, a->head_dim, LLOCO_DTYPE_F32);
     }
 }
+
+#undef ATTN_SC
+#undef ATTN_LANES
+#undef ATTN_NPOS
 
 /* ---- row-wise and elementwise ------------------------------------------- */
 
