@@ -6,7 +6,7 @@
  *
  *   benchmark-ingest [-m MODEL] [--embedder DIR] [--threads N] [--reps 2]
  *                    [--input FILE] [--min-tokens 8192]
- *                    [--segment-tokens 1536] [--n-summary 50]
+ *                    [--segment-tokens 1536] [--n-summary 50] [--accumulate 1]
  */
 #include <dirent.h>
 #include <stdio.h>
@@ -58,7 +58,7 @@ int main(int argc, char **argv) {
     const char *model = LLOCO_DEFAULT_MODELS_DIR "/SmolLM2-135M-Instruct.Q4_1.gguf";
     const char *embedder = LLOCO_DEFAULT_MODELS_DIR "/embedder/all-MiniLM-L6-v2";
     const char *input = "/usr/share/common-licenses/GPL-3";
-    int threads = 2, reps = 2, min_tokens = 8192, seg = 0, ns = 0;
+    int threads = 2, reps = 2, min_tokens = 8192, seg = 0, ns = 0, accumulate = -1;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "-m")) model = argv[i + 1];
         else if (!strcmp(argv[i], "--embedder")) embedder = argv[i + 1];
@@ -68,6 +68,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--min-tokens")) min_tokens = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--segment-tokens")) seg = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--n-summary")) ns = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--accumulate")) accumulate = atoi(argv[i + 1]) != 0;
         else {
             fprintf(stderr, "benchmark-ingest: unknown option %s\n", argv[i]);
             return 2;
@@ -84,6 +85,7 @@ int main(int argc, char **argv) {
     lloco_compress_params_default(&cp, LLOCO_COMPRESS_AUTOCOMPRESSOR);
     if (seg) cp.segment_tokens = seg;
     if (ns) cp.n_summary = ns;
+    if (accumulate >= 0) cp.accumulate = accumulate;
     if (lloco_model_open(model, &m) || lloco_decoder_create(m, &dp, &d) ||
         lloco_compressor_create(d, &cp, &c) ||
         lloco_embedder_open(embedder, lloco_decoder_backend(d), &e))
