@@ -145,7 +145,17 @@ void lloco_op_attention(lloco_backend *be, const float *q, int m, int p0, int n_
     if (m == 0) return;
     LLOCO_ASSERT(q && k && v && out);
     be->iface->attention(be, q, m, p0, n_head, n_kv_head, head_dim, k, v, kv_type, kv_stride, scale,
-                         out);
+                         1, out);
+}
+
+void lloco_op_attention_full(lloco_backend *be, const float *q, int m, int n_head, int head_dim,
+                             const float *k, const float *v, int kv_stride, float scale,
+                             float *out) {
+    LLOCO_ASSERT(m >= 0 && n_head > 0 && head_dim > 0 && kv_stride >= n_head * head_dim);
+    if (m == 0) return;
+    LLOCO_ASSERT(q && k && v && out);
+    be->iface->attention(be, q, m, 0, n_head, n_head, head_dim, k, v, LLOCO_DTYPE_F32, kv_stride,
+                         scale, 0, out);
 }
 
 void lloco_op_store_rows(lloco_backend *be, const float *x, int m, int d, void *dst, lloco_dtype t,

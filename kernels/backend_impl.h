@@ -27,9 +27,10 @@ typedef struct lloco_backend_i {
     void (*add)(lloco_backend *be, float *y, const float *x, int64_t n);
     void (*get_rows)(lloco_backend *be, const void *table, lloco_dtype t, int d, const int32_t *ids,
                      int m, float *out);
+    /* causal 0: lloco_op_attention_full (p0 0, n_kv_head n_head, F32) */
     void (*attention)(lloco_backend *be, const float *q, int m, int p0, int n_head, int n_kv_head,
                       int head_dim, const void *k, const void *v, lloco_dtype kv_type,
-                      int kv_stride, float scale, float *out);
+                      int kv_stride, float scale, int causal, float *out);
     void (*store_rows)(lloco_backend *be, const float *x, int m, int d, void *dst, lloco_dtype t,
                        int stride);
     void (*lora)(lloco_backend *be, const float *x, int m, int k, int n,
@@ -97,15 +98,16 @@ void lloco_ref_get_rows(lloco_backend *be, const void *table, lloco_dtype t, int
                         const int32_t *ids, int m, float *out);
 void lloco_ref_attention(lloco_backend *be, const float *q, int m, int p0, int n_head,
                          int n_kv_head, int head_dim, const void *k, const void *v,
-                         lloco_dtype kv_type, int kv_stride, float scale, float *out);
+                         lloco_dtype kv_type, int kv_stride, float scale, int causal, float *out);
 /* Attention of one query head (head_dim values) over positions [0, n_pos)
  * of the KV head at offset head_off of each cache row, into out[head_dim];
  * tiny_kq / tiny_pv select tinyBLAS's order for the score and output dot
  * products (see lloco_op_attention), as these macros decide for an op of m
  * query rows. (GGML hands the scores to tinyBLAS only after converting q to
- * the cache type, which it skips for F32.) */
-#define LLOCO_ATTN_TINY_KQ(m, head_dim, kv_type) \
-    ((m) > 1 && (head_dim) % 16 == 0 && (kv_type) == LLOCO_DTYPE_F16)
+ * the cache type, which it skips for F32.) Bidirectional attention
+ * (causal 0) always takes the 16 lanes for its scores. */
+#define LLOCO_ATTN_TINY_KQ(m, head_dim, kv_type, causal) \
+    (!(causal) || ((m) > 1 && (head_dim) % 16 == 0 && (kv_type) == LLOCO_DTYPE_F16))
 #define LLOCO_ATTN_TINY_PV(m, head_dim) ((m) > 1 && (head_dim) % 4 == 0)
 void lloco_ref_attention_head(const float *q, int n_pos, int head_dim, int tiny_kq, int tiny_pv,
                               const void *k, const void *v, lloco_dtype kv_type, int kv_stride,

@@ -221,8 +221,9 @@ static void mm_float_task(void *p, int ith, int nth) {
     split_range(j->n, MM_ROW_ALIGN, ith, nth, &b, &e);
     if (b >= e) return;
     if (j->kern)
-        j->kern->mm_float(j->wt, j->w + b * j->row_bytes, j->row_bytes, (int)(e - b), j->k, j->x,
-                          j->m, j->y + b, j->n);
+        (j->m >= FLOAT_GEMM_MIN_M ? j->kern->mm_float_gemm : j->kern->mm_float)(
+            j->wt, j->w + b * j->row_bytes, j->row_bytes, (int)(e - b), j->k, j->x, j->m, j->y + b,
+            j->n);
     else
         mm_float_portable(j->wt, j->w + b * j->row_bytes, j->row_bytes, (int)(e - b), j->k, j->x,
                           j->m, j->y + b, j->n);
@@ -534,8 +535,9 @@ static void attn_task(void *p, int ith, int nth) {
         for (int i = i0; i < i0 + nr; i++) {
             for (int h = h0; h < h0 + j->heads; h++) {
                 const size_t qo = ((size_t)i * a->n_head + h) * a->head_dim;
-                lloco_ref_attention_head(a->q + qo, a->p0 + i + 1, a->head_dim,
-                                         LLOCO_ATTN_TINY_KQ(a->m, a->head_dim, a->kv_type),
+                lloco_ref_attention_head(a->q + qo, a->causal ? a->p0 + i + 1 : a->m, a->head_dim,
+                                         LLOCO_ATTN_TINY_KQ(a->m, a->head_dim, a->kv_type,
+                                                            a->causal),
                                          LLOCO_ATTN_TINY_PV(a->m, a->head_dim), a->k, a->v,
                                          a->kv_type, a->kv_stride,
                                          (size_t)(h / group) * a->head_dim, a->scale, a->out + qo);
@@ -546,7 +548,8 @@ static void attn_task(void *p, int ith, int nth) {
 
 static void cpu_attention(lloco_backend *be, const float *q, int m, int p0, int n_head,
                           int n_kv_head, int head_dim, const void *k, const void *v,
-                          lloco_dtype kv_type, int kv_stride, float scale, float *out) {
+                          lloco_dtype kv_type, int kv_stride, float scale, int causal,
+                          float *out) {
     cpu_ctx *cx = be->ctx;
     const int simd = cx->kern && head_dim % 16 == 0 && head_dim <= 256;
     const int group = n_head / n_kv_head;
@@ -556,7 +559,7 @@ static void cpu_attention(lloco_backend *be, const float *q, int m, int p0, int 
     const int rows = heads < ATTN_BLOCK_QUERIES ? ATTN_BLOCK_QUERIES / heads : 1;
     attn_job j = {.kern = simd ? cx->kern : NULL,
                   .a = {q, m, p0, n_head, n_kv_head, head_dim, k, v, kv_type, kv_stride, scale,
-                        out},
+                        causal, out},
                   .rows = rows,
                   .heads = heads,
                   .n_rblocks = (m + rows - 1) / rows,

@@ -18,6 +18,7 @@ typedef struct {
     lloco_dtype kv_type;
     int kv_stride;
     float scale;
+    int causal; /* 0: every row sees all m positions (p0 is 0) */
     float *out;
 } attn_args;
 
@@ -32,6 +33,10 @@ typedef struct {
     ((size_t)(nq) * (((size_t)(n_pos) + ATTN_V_CHUNK - 1) / ATTN_V_CHUNK * ATTN_V_CHUNK + \
                      16 + 65 * (size_t)(head_dim)) +                                   \
      (16 + ATTN_V_CHUNK) * (size_t)(head_dim))
+
+/* Below this many activation rows mm_float, which reads each weight once
+ * without packing, is as fast as mm_float_gemm. */
+#define FLOAT_GEMM_MIN_M LLOCO_MATMUL_FLOAT_ROWS
 
 /* The kernels of one ISA; every entry is set. (The scalar ISA has no table:
  * cpu.c's portable code runs instead.) */
@@ -74,6 +79,11 @@ typedef struct {
      * r < nrows, i < m. */
     void (*mm_float)(lloco_dtype wt, const uint8_t *w, size_t row_bytes, int nrows, int k,
                      const float *x, int m, float *y, int ldy);
+    /* The same products for m >= FLOAT_GEMM_MIN_M activation rows, weights
+     * packed into panels once per call; each output is one fma chain over
+     * the elements in order. Neither form's outputs depend on m. */
+    void (*mm_float_gemm)(lloco_dtype wt, const uint8_t *w, size_t row_bytes, int nrows, int k,
+                          const float *x, int m, float *y, int ldy);
 
     /* LoRA expand (see lloco_op_lora), also the update of lloco_op_lora_merge:
      * for i < nr and j < nc,
@@ -89,7 +99,7 @@ typedef struct {
      * one KV head: their rows of out (see lloco_op_attention), for head_dim
      * a multiple of 16 up to 256. The block's queries share each chunk of
      * K and V it reads. scratch holds ATTN_SCRATCH_FLOATS(nr * nh,
-     * p0 + i0 + nr, head_dim) floats. */
+     * p0 + i0 + nr (m if not causal), head_dim) floats. */
     void (*attn)(const attn_args *a, int i0, int nr, int h0, int nh, float *scratch);
 
     void (*rmsnorm_row)(const float *x, const float *w, int d, float eps, float *y);

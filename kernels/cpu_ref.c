@@ -435,14 +435,16 @@ void lloco_ref_attention_head(const float *q, int n_pos, int hd, int tiny_kq, in
 
 void lloco_ref_attention(lloco_backend *be, const float *q, int m, int p0, int n_head,
                          int n_kv_head, int head_dim, const void *k, const void *v,
-                         lloco_dtype kv_type, int kv_stride, float scale, float *out) {
+                         lloco_dtype kv_type, int kv_stride, float scale, int causal,
+                         float *out) {
     (void)be;
     const int group = n_head / n_kv_head;
     const int row = n_head * head_dim;
     for (int i = 0; i < m; i++)
         for (int h = 0; h < n_head; h++)
-            lloco_ref_attention_head(q + (size_t)i * row + (size_t)h * head_dim, p0 + i + 1,
-                                     head_dim, LLOCO_ATTN_TINY_KQ(m, head_dim, kv_type),
+            lloco_ref_attention_head(q + (size_t)i * row + (size_t)h * head_dim,
+                                     causal ? p0 + i + 1 : m, head_dim,
+                                     LLOCO_ATTN_TINY_KQ(m, head_dim, kv_type, causal),
                                      LLOCO_ATTN_TINY_PV(m, head_dim), k, v, kv_type, kv_stride,
                                      (size_t)(h / group) * head_dim, scale,
                                      out + (size_t)i * row + (size_t)h * head_dim);

@@ -822,6 +822,90 @@ static void x86_mm_float(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows,
         float_rows(LLOCO_DTYPE_BF16, w, rb, nrows, k, x, m, y, ldy);
 }
 
+/* Many activation rows: outer products. FG_NR weight rows at a time are
+ * packed, FG_KC elements at a time, into a panel [kc][FG_NR] of f32; a tile
+ * of FG_MR activation rows x FG_NR outputs keeps its accumulators in
+ * registers and adds one broadcast x value times the panel's vectors per
+ * element. Every output is one fma chain over e in order (stored and
+ * reloaded between panels), so it does not depend on m. */
+#define FG_NV (X86_WIDTH == 512 ? 2 : 1) /* vectors per panel row */
+#define FG_NR (16 * FG_NV)
+#define FG_MR (X86_WIDTH == 512 ? 12 : 6)
+#define FG_KC 128
+
+/* MR activation rows x the panel's first nc (<= FG_NR) outputs; first: the
+ * panel holds the first elements (the chains start from 0). */
+INLINE void fg_tile(const float *panel, int kc, const float *x, int ldx, const int MR, float *y,
+                    int ldy, int first, int nc) {
+    v16 acc[FG_MR][FG_NV];
+    float part[FG_NR];
+    UNROLL
+    for (int i = 0; i < MR; i++) {
+        const float *yi = y + (size_t)i * ldy;
+        if (!first && nc < FG_NR) {
+            memcpy(part, yi, (size_t)nc * sizeof(float));
+            yi = part;
+        }
+        UNROLL
+        for (int s = 0; s < FG_NV; s++) acc[i][s] = first ? v16_zero() : v16_load(yi + 16 * s);
+    }
+    for (int e = 0; e < kc; e++) {
+        v16 b[FG_NV];
+        UNROLL
+        for (int s = 0; s < FG_NV; s++) b[s] = v16_load(panel + (size_t)e * FG_NR + 16 * s);
+        UNROLL
+        for (int i = 0; i < MR; i++) {
+            const v16 a = v16_set1(x[(size_t)i * ldx + e]);
+            UNROLL
+            for (int s = 0; s < FG_NV; s++) acc[i][s] = v16_fma(a, b[s], acc[i][s]);
+        }
+    }
+    UNROLL
+    for (int i = 0; i < MR; i++) {
+        float *yi = y + (size_t)i * ldy;
+        UNROLL
+        for (int s = 0; s < FG_NV; s++) v16_store((nc < FG_NR ? part : yi) + 16 * s, acc[i][s]);
+        if (nc < FG_NR) memcpy(yi, part, (size_t)nc * sizeof(float));
+    }
+}
+
+INLINE void float_gemm(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int k,
+                       const float *x, int m, float *y, int ldy) {
+    float panel[FG_KC * FG_NR] __attribute__((aligned(64)));
+    for (int r0 = 0; r0 < nrows; r0 += FG_NR) {
+        const int nc = nrows - r0 < FG_NR ? nrows - r0 : FG_NR;
+        for (int e0 = 0; e0 < k; e0 += FG_KC) {
+            const int kc = k - e0 < FG_KC ? k - e0 : FG_KC;
+            for (int j = 0; j < FG_NR; j++) {
+                if (j >= nc) {
+                    for (int e = 0; e < kc; e++) panel[e * FG_NR + j] = 0.0f;
+                    continue;
+                }
+                const uint8_t *row = w + (size_t)(r0 + j) * rb;
+                for (int e = 0; e < kc; e++) panel[e * FG_NR + j] = load1_w(wt, row, e0 + e);
+            }
+            const float *xe = x + e0;
+            int i = 0;
+            for (; i + FG_MR <= m; i += FG_MR)
+                fg_tile(panel, kc, xe + (size_t)i * k, k, FG_MR, y + (size_t)i * ldy + r0, ldy,
+                        e0 == 0, nc);
+            for (; i < m; i++)
+                fg_tile(panel, kc, xe + (size_t)i * k, k, 1, y + (size_t)i * ldy + r0, ldy, e0 == 0,
+                        nc);
+        }
+    }
+}
+
+static void x86_mm_float_gemm(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int k,
+                              const float *x, int m, float *y, int ldy) {
+    if (wt == LLOCO_DTYPE_F32)
+        float_gemm(LLOCO_DTYPE_F32, w, rb, nrows, k, x, m, y, ldy);
+    else if (wt == LLOCO_DTYPE_F16)
+        float_gemm(LLOCO_DTYPE_F16, w, rb, nrows, k, x, m, y, ldy);
+    else
+        float_gemm(LLOCO_DTYPE_BF16, w, rb, nrows, k, x, m, y, ldy);
+}
+
 /* ---- LoRA --------------------------------------------------------------- */
 
 INLINE v16 load16_w(lloco_dtype wt, const uint8_t *row, int e) {
@@ -936,7 +1020,7 @@ INLINE void kv_chunk(const void *base, lloco_dtype t, int stride, size_t head_of
  * (then probabilities), the lanes of its output dot product and its q. */
 #define ATTN_SC(qi) (scratch + (size_t)(qi) * q_floats)
 #define ATTN_LANES(qi) (ATTN_SC(qi) + sc_len)
-#define ATTN_NPOS(qi) (a->p0 + i0 + (qi) / nh + 1)
+#define ATTN_NPOS(qi) (a->causal ? a->p0 + i0 + (qi) / nh + 1 : a->m)
 
 /* Queries whose lane accumulators stay in registers together while they
  * share each row of V (hd / 16 vectors per accumulator). */
@@ -1046,10 +1130,11 @@ INLINE void pv_lanes64(const attn_args *a, const lloco_dtype t, const int hd, si
 INLINE void attn_block(const attn_args *a, int i0, int nr, int h0, int nh, float *scratch,
                        const int hd, const lloco_dtype t) {
     const int nv = hd / 16, group = a->n_head / a->n_kv_head, nq = nr * nh;
-    const int n_max = a->p0 + i0 + nr; /* positions the block's last row sees */
+    const int n_max = a->causal ? a->p0 + i0 + nr : a->m; /* positions its last row sees */
     const size_t sc_len = (size_t)(n_max + ATTN_V_CHUNK - 1) / ATTN_V_CHUNK * ATTN_V_CHUNK + 16;
     const size_t q_floats = sc_len + 65 * (size_t)hd;
-    const int tiny_kq = LLOCO_ATTN_TINY_KQ(a->m, hd, t), tiny_pv = LLOCO_ATTN_TINY_PV(a->m, hd);
+    const int tiny_kq = LLOCO_ATTN_TINY_KQ(a->m, hd, t, a->causal);
+    const int tiny_pv = LLOCO_ATTN_TINY_PV(a->m, hd);
     const int L = tiny_pv ? 16 : 64;
     const size_t head_off = (size_t)(h0 / group) * hd;
     float *kbuf = scratch + (size_t)nq * q_floats, *vbuf = kbuf + 16 * (size_t)hd;
@@ -1169,6 +1254,8 @@ static void x86_attn(const attn_args *a, int i0, int nr, int h0, int nh, float *
     } else {
         if (a->head_dim == 64)
             attn_block(a, i0, nr, h0, nh, scratch, 64, LLOCO_DTYPE_F32);
+        else if (a->head_dim == 32) /* the embedder's */
+            attn_block(a, i0, nr, h0, nh, scratch, 32, LLOCO_DTYPE_F32);
         else
             attn_block(a, i0, nr, h0, nh, scratch, a->head_dim, LLOCO_DTYPE_F32);
     }
@@ -1327,6 +1414,7 @@ static void x86_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
         .mm_pack = x86_mm_pack,                                                                 \
         .mm_tile = x86_mm_tile,                                                                 \
         .mm_float = x86_mm_float,                                                               \
+        .mm_float_gemm = x86_mm_float_gemm,                                                     \
         .lora_expand = x86_lora_expand,                                                         \
         .attn = x86_attn,                                                                       \
         .rmsnorm_row = x86_rmsnorm_row,                                                         \

@@ -104,7 +104,11 @@ int lloco_backend_n_threads(const lloco_backend *be);
  * 4j..4j+3; acc[j] = fma(d_w * d_x, lane, acc[j]) over the blocks in order;
  * y = ((acc0+acc4) + (acc2+acc6)) + ((acc1+acc5) + (acc3+acc7)), plus for
  * Q4_1 the sum, fma-chained in block order, of m_w * s_x. The result does
- * not depend on m, the backend or its thread count. */
+ * not depend on m, the backend or its thread count. For float wt the dot
+ * products run in f32, in an order that depends on the backend and on
+ * whether m < LLOCO_MATMUL_FLOAT_ROWS, but not otherwise on m or on the
+ * thread count. */
+#define LLOCO_MATMUL_FLOAT_ROWS 16
 void lloco_op_matmul(lloco_backend *be, const void *w, lloco_dtype wt, int n, int k,
                      const float *x, int m, float *y);
 
@@ -212,6 +216,19 @@ void lloco_op_get_rows(lloco_backend *be, const void *table, lloco_dtype t, int 
 void lloco_op_attention(lloco_backend *be, const float *q, int m, int p0, int n_head,
                         int n_kv_head, int head_dim, const void *k, const void *v,
                         lloco_dtype kv_type, int kv_stride, float scale, float *out);
+
+/* Bidirectional (encoder) attention of m rows over themselves: row i
+ * attends to all m positions, nothing masked.
+ *   q    [m][n_head * head_dim]
+ *   k, v [m][kv_stride] (f32); head h of row p at + p*kv_stride + h*head_dim
+ *   out  [m][n_head * head_dim]
+ * The arithmetic is lloco_op_attention's with an F32 cache and every
+ * position visible, except that the score dot products always run in one
+ * accumulator of 16 lanes (element e in lane e%16) reduced by the lane
+ * tree. */
+void lloco_op_attention_full(lloco_backend *be, const float *q, int m, int n_head, int head_dim,
+                             const float *k, const float *v, int kv_stride, float scale,
+                             float *out);
 
 /* Stores x[m][d] (f32) into rows dst + r*stride.. of a cache of dtype t
  * (F32 or F16), for r = 0..m-1. stride is in elements. */

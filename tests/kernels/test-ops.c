@@ -606,6 +606,70 @@ TEST_CASE(op_attention) {
     lloco_backend_free(ref);
 }
 
+/* Bidirectional attention: the reference against softmax(q k^T * scale) v
+ * in double, every CPU backend against the reference's bits. */
+static void check_attention_full(lloco_backend *ref, kt_backends *bs, int m, int n_head, int hd,
+                                 uint64_t seed) {
+    kt_rng rng = {seed};
+    const int row = n_head * hd, stride = row + 5;
+    float *q = kt_alloc((size_t)m * row * 4), *k = kt_alloc((size_t)m * stride * 4),
+          *v = kt_alloc((size_t)m * stride * 4), *o_ref = kt_alloc((size_t)m * row * 4),
+          *o = kt_alloc((size_t)m * row * 4);
+    double *p = kt_alloc((size_t)m * sizeof(double));
+    kt_fill(&rng, q, (int64_t)m * row, -1.5f, 1.5f);
+    kt_fill(&rng, k, (int64_t)m * stride, -1.5f, 1.5f);
+    kt_fill(&rng, v, (int64_t)m * stride, -2.0f, 2.0f);
+    const float scale = 1.0f / sqrtf((float)hd);
+    lloco_op_attention_full(ref, q, m, n_head, hd, k, v, stride, scale, o_ref);
+    double err = 0;
+    for (int i = 0; i < m; i++)
+        for (int h = 0; h < n_head; h++) {
+            const float *qi = q + (size_t)i * row + (size_t)h * hd;
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j < m; j++) {
+                double d = 0;
+                for (int e = 0; e < hd; e++) d += (double)qi[e] * k[(size_t)j * stride + h * hd + e];
+                p[j] = d * scale;
+                if (p[j] > mx) mx = p[j];
+            }
+            for (int j = 0; j < m; j++) sum += p[j] = exp(p[j] - mx);
+            for (int e = 0; e < hd; e++) {
+                double d = 0;
+                for (int j = 0; j < m; j++) d += p[j] / sum * v[(size_t)j * stride + h * hd + e];
+                const double diff = fabs(d - o_ref[(size_t)i * row + h * hd + e]);
+                if (diff > err) err = diff;
+            }
+        }
+    CHECKF(err < 2e-5, "attention_full m=%d heads=%d hd=%d: reference off by %g", m, n_head, hd,
+           err);
+    for (int b = 0; b < bs->n; b++) {
+        for (int64_t i = 0; i < (int64_t)m * row; i++) o[i] = NAN;
+        lloco_op_attention_full(bs->be[b], q, m, n_head, hd, k, v, stride, scale, o);
+        char what[160];
+        snprintf(what, sizeof what, "attention_full m=%d heads=%d hd=%d %s", m, n_head, hd,
+                 bs->label[b]);
+        if (!compare_ggml_op(bs, b, what, o_ref, o, (int64_t)m * row, 1e-10, 2e-6f, 1e-4f)) break;
+    }
+    free(q), free(k), free(v), free(o_ref), free(o), free(p);
+}
+
+TEST_CASE(op_attention_full) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    /* n_head, head_dim: the embedder's 12 x 32, sizes past 64 and off 16 */
+    const int heads[][2] = {{12, 32}, {2, 64}, {1, 80}, {3, 12}, {4, 8}, {1, 272}};
+    const int ms[] = {1, 2, 17, 100};
+    uint64_t seed = 300;
+    for (size_t h = 0; h < LLOCO_ARRAY_LEN(heads); h++)
+        for (size_t i = 0; i < LLOCO_ARRAY_LEN(ms) && lloco_test_case_failures() == 0; i++)
+            check_attention_full(ref, &bs, ms[i], heads[h][0], heads[h][1], seed++);
+    /* more positions than a chunk of V, as the embedder's windows have */
+    check_attention_full(ref, &bs, 258, 3, 32, seed);
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
+
 /* A model-sized prefill: 9 query heads on 3 KV heads, F16 cache. */
 TEST_CASE(op_attention_prefill) {
     lloco_backend *ref = ref_backend();
