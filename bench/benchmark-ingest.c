@@ -179,14 +179,18 @@ int main(int argc, char **argv) {
            threads, n_tok, (long long)best_st.chunks, (long long)best_st.positions, ingest_tps,
            best_st.compress_seconds, best_st.embed_seconds,
            best_ingest - best_st.compress_seconds - best_st.embed_seconds, ingest_tps / prefill_tps);
-    printf("\n%d tokens (%s x%d), %d-token segments, %d summary slots each, %d threads:\n", n_tok,
-           input, copies, cp.segment_tokens, cp.n_summary, threads);
+    printf("\n%d tokens (%s x%d), %d-token segments, %d summary slots each, accumulated: %s, "
+           "%d threads:\n",
+           n_tok, input, copies, cp.segment_tokens, cp.n_summary, cp.accumulate ? "yes" : "no",
+           threads);
     printf("  plain prefill  %8.1f tok/s\n", prefill_tps);
-    printf("  ingest         %8.1f tok/s  -> %.2fx prefill (compress %.0f%%, embed %.0f%%, "
-           "store+index %.0f%% of the time; %.1f%% extra decoder positions)\n",
+    printf("  ingest         %8.1f tok/s  -> %.2fx prefill (compress %.1f%%, embed %.1f%%, "
+           "store+index %.1f%% of the time)\n",
            ingest_tps, ingest_tps / prefill_tps, 100 * best_st.compress_seconds / best_ingest,
            100 * best_st.embed_seconds / best_ingest,
-           100 * (best_ingest - best_st.compress_seconds - best_st.embed_seconds) / best_ingest,
+           100 * (best_ingest - best_st.compress_seconds - best_st.embed_seconds) / best_ingest);
+    printf("  compression    %8.1f tok/s  -> %.2fx prefill (%.1f%% extra decoder positions)\n",
+           n_tok / best_st.compress_seconds, n_tok / best_st.compress_seconds / prefill_tps,
            100.0 * (double)(best_st.positions - n_tok) / n_tok);
     lloco_ingester_free(ing);
     lloco_retriever_close(r);
