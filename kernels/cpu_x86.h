@@ -869,6 +869,55 @@ INLINE void fg_tile(const float *panel, int kc, const float *x, int ldx, const i
     }
 }
 
+#if X86_WIDTH == 512
+/* Rows row[0..15], elements e..e+15, as f32 into panel columns j0..j0+15
+ * of panel rows 0..15: a 16x16 transpose in registers. */
+INLINE void fg_pack16(lloco_dtype wt, const uint8_t *const *row, int e, float *panel, int j0) {
+    __m512 r[16], t[16];
+    UNROLL
+    for (int i = 0; i < 16; i++) {
+        if (wt == LLOCO_DTYPE_F32) {
+            r[i] = _mm512_loadu_ps((const float *)row[i] + e);
+        } else {
+            const __m256i h = _mm256_loadu_si256((const __m256i *)(row[i] + 2 * (size_t)e));
+            r[i] = wt == LLOCO_DTYPE_F16
+                       ? _mm512_cvtph_ps(h)
+                       : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        }
+    }
+    /* t[i], t[i + 1]: rows i and i + 1 interleaved, elements 4l, 4l + 1
+     * and 4l + 2, 4l + 3 of each 128-bit lane l */
+    UNROLL
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* then r[4g + c], 128-bit lane l: rows 4g..4g+3 of element 4l + c */
+    UNROLL
+    for (int i = 0; i < 16; i += 4) {
+        const __m512d a0 = _mm512_castps_pd(t[i]), a1 = _mm512_castps_pd(t[i + 1]),
+                      b0 = _mm512_castps_pd(t[i + 2]), b1 = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, b0));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, b0));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, b1));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, b1));
+    }
+    /* element 4l + c of the 16 rows: lane l of r[c], r[4 + c], r[8 + c],
+     * r[12 + c], gathered by two rounds of 128-bit shuffles */
+    UNROLL
+    for (int c = 0; c < 4; c++) {
+        const __m512 a = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88); /* lanes 0, 2 */
+        const __m512 b = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd); /* lanes 1, 3 */
+        const __m512 g = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        const __m512 h = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+        _mm512_store_ps(panel + (size_t)c * FG_NR + j0, _mm512_shuffle_f32x4(a, g, 0x88));
+        _mm512_store_ps(panel + (size_t)(4 + c) * FG_NR + j0, _mm512_shuffle_f32x4(b, h, 0x88));
+        _mm512_store_ps(panel + (size_t)(8 + c) * FG_NR + j0, _mm512_shuffle_f32x4(a, g, 0xdd));
+        _mm512_store_ps(panel + (size_t)(12 + c) * FG_NR + j0, _mm512_shuffle_f32x4(b, h, 0xdd));
+    }
+}
+#endif
+
 INLINE void float_gemm(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int k,
                        const float *x, int m, float *y, int ldy) {
     float panel[FG_KC * FG_NR] __attribute__((aligned(64)));
@@ -876,7 +925,20 @@ INLINE void float_gemm(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, i
         const int nc = nrows - r0 < FG_NR ? nrows - r0 : FG_NR;
         for (int e0 = 0; e0 < k; e0 += FG_KC) {
             const int kc = k - e0 < FG_KC ? k - e0 : FG_KC;
-            for (int j = 0; j < FG_NR; j++) {
+            int j = 0;
+#if X86_WIDTH == 512
+            for (; j + 16 <= nc; j += 16) {
+                const uint8_t *row[16];
+                for (int i = 0; i < 16; i++) row[i] = w + (size_t)(r0 + j + i) * rb;
+                int e = 0;
+                for (; e + 16 <= kc; e += 16)
+                    fg_pack16(wt, row, e0 + e, panel + (size_t)e * FG_NR, j);
+                for (; e < kc; e++)
+                    for (int i = 0; i < 16; i++)
+                        panel[e * FG_NR + j + i] = load1_w(wt, row[i], e0 + e);
+            }
+#endif
+            for (; j < FG_NR; j++) {
                 if (j >= nc) {
                     for (int e = 0; e < kc; e++) panel[e * FG_NR + j] = 0.0f;
                     continue;

@@ -156,6 +156,21 @@ TEST_CASE(matmul_f32) { matmul_cases(LLOCO_DTYPE_F32); }
 TEST_CASE(matmul_f16) { matmul_cases(LLOCO_DTYPE_F16); }
 TEST_CASE(matmul_bf16) { matmul_cases(LLOCO_DTYPE_BF16); }
 
+/* Float weights with element counts that leave the packed form (16 or
+ * more rows) a ragged end of each panel and of the last one. */
+TEST_CASE(matmul_float_ragged_k) {
+    lloco_backend *ref = ref_backend();
+    kt_backends bs;
+    kt_backends_open(&bs);
+    const lloco_dtype types[] = {LLOCO_DTYPE_F32, LLOCO_DTYPE_F16, LLOCO_DTYPE_BF16};
+    for (size_t t = 0; t < LLOCO_ARRAY_LEN(types); t++) {
+        check_matmul(ref, &bs, types[t], 20, 37, 45, 700 + t);
+        check_matmul(ref, &bs, types[t], 33, 64, 300, 710 + t);
+    }
+    kt_backends_close(&bs);
+    lloco_backend_free(ref);
+}
+
 /* The model's prefill shapes: many activation tiles, ragged last tile. */
 TEST_CASE(matmul_prefill_shapes) {
     lloco_backend *ref = ref_backend();
