@@ -1241,7 +1241,8 @@ INLINE void attn_block(const attn_args *a, int i0, int nr, int h0, int nh, float
                     dots[u] = v16_add(v16_add(d[0], d[2]), v16_add(d[1], d[3]));
                 }
             }
-            v16_store(sc + p0, v16_reduce16(dots));
+            v16 r = v16_reduce16(dots);
+            if (nv64 < nv) v16_store(sc + p0, r);
             for (int u = 0; nv64 < nv && u < 16; u++) {
                 /* vec_dot's leftovers (see lloco_op_attention) */
                 const float *kr = kbuf + (size_t)u * hd, *qv = QV(qi);
@@ -1253,7 +1254,8 @@ INLINE void attn_block(const attn_args *a, int i0, int nr, int h0, int nh, float
                     for (int e = 16 * nv64; e < hd; e++) sc[p0 + u] += qv[e] * kr[e];
                 }
             }
-            v16_store(sc + p0, v16_mul(v16_load(sc + p0), scale));
+            if (nv64 < nv) r = v16_load(sc + p0);
+            v16_store(sc + p0, v16_mul(r, scale));
         }
     }
     for (int qi = 0; qi < nq; qi++) {
@@ -1291,6 +1293,7 @@ INLINE void attn_block(const attn_args *a, int i0, int nr, int h0, int nh, float
         for (int s = 0; s < nv; s++) {
             v16 w[16];
             const float *ls = lanes + 16 * s; /* lane l of these 16 dims at ls + l * hd */
+            UNROLL
             for (int ii = 0; ii < 16; ii++)
                 w[ii] = tiny_pv ? v16_load(ls + (size_t)ii * hd)
                                 : v16_add(v16_add(v16_load(ls + (size_t)ii * hd),
