@@ -812,16 +812,6 @@ INLINE void float_rows(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, i
                        ldy);
 }
 
-static void x86_mm_float(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int k,
-                         const float *x, int m, float *y, int ldy) {
-    if (wt == LLOCO_DTYPE_F32)
-        float_rows(LLOCO_DTYPE_F32, w, rb, nrows, k, x, m, y, ldy);
-    else if (wt == LLOCO_DTYPE_F16)
-        float_rows(LLOCO_DTYPE_F16, w, rb, nrows, k, x, m, y, ldy);
-    else
-        float_rows(LLOCO_DTYPE_BF16, w, rb, nrows, k, x, m, y, ldy);
-}
-
 /* Many activation rows: outer products. FG_NR weight rows at a time are
  * packed, FG_KC elements at a time, into a panel [kc][FG_NR] of f32; a tile
  * of FG_MR activation rows x FG_NR outputs keeps its accumulators in
@@ -958,15 +948,21 @@ INLINE void float_gemm(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, i
     }
 }
 
-static void x86_mm_float_gemm(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int k,
-                              const float *x, int m, float *y, int ldy) {
-    if (wt == LLOCO_DTYPE_F32)
-        float_gemm(LLOCO_DTYPE_F32, w, rb, nrows, k, x, m, y, ldy);
-    else if (wt == LLOCO_DTYPE_F16)
-        float_gemm(LLOCO_DTYPE_F16, w, rb, nrows, k, x, m, y, ldy);
-    else
-        float_gemm(LLOCO_DTYPE_BF16, w, rb, nrows, k, x, m, y, ldy);
-}
+/* The entry points, one instantiation per float dtype, which makes it a
+ * constant in the loops. */
+#define FLOAT_MM_ENTRY(name, impl)                                                         \
+    static void name(lloco_dtype wt, const uint8_t *w, size_t rb, int nrows, int k,     \
+                     const float *x, int m, float *y, int ldy) {                        \
+        if (wt == LLOCO_DTYPE_F32)                                                      \
+            impl(LLOCO_DTYPE_F32, w, rb, nrows, k, x, m, y, ldy);                       \
+        else if (wt == LLOCO_DTYPE_F16)                                                 \
+            impl(LLOCO_DTYPE_F16, w, rb, nrows, k, x, m, y, ldy);                       \
+        else                                                                            \
+            impl(LLOCO_DTYPE_BF16, w, rb, nrows, k, x, m, y, ldy);                      \
+    }
+FLOAT_MM_ENTRY(x86_mm_float, float_rows)
+FLOAT_MM_ENTRY(x86_mm_float_gemm, float_gemm)
+#undef FLOAT_MM_ENTRY
 
 /* ---- LoRA --------------------------------------------------------------- */
 
