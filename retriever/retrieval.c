@@ -1,7 +1,9 @@
 /* retrieval: keeps a store's FAISS index in step with the store (load,
- * rebuild from chunks when missing, damaged or stale, add, save) and answers
- * searches with group filtering against what the store holds now.
+ * rebuild from chunks when missing, damaged or stale, add, catch up with
+ * chunks other processes wrote, save) and answers searches with group
+ * filtering against what the store holds now.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +16,12 @@
 struct lloco_retriever {
     lloco_store *s;
     lloco_index_params p;
+    /* ix, gen and next_id: searches hold it for reading, adds, catch-ups
+     * and rebuilds for writing */
+    pthread_rwlock_t lock;
     lloco_index *ix;
+    uint64_t gen;     /* the store generation the index has caught up with */
+    uint64_t next_id; /* every chunk below this id has been given to the index */
     char path[4096];
     char rebuilt[512]; /* "" when loaded as it was */
 };
@@ -25,6 +32,7 @@ typedef struct {
     int64_t n;
     int64_t ids[REBUILD_BATCH];
     float *vecs;
+    uint64_t next_id; /* one past the highest id added */
 } rebuild_ctx;
 
 static int flush_batch(rebuild_ctx *b) {
@@ -39,6 +47,7 @@ static int add_chunk(void *ctx, const lloco_chunk_view *c) {
         return lloco_error(LLOCO_ERR_FORMAT, "chunk %llu has a %d-d vector, the store says %d",
                            (unsigned long long)c->id, c->dim, b->dim);
     b->ids[b->n] = (int64_t)c->id;
+    if (c->id >= b->next_id) b->next_id = c->id + 1;
     memcpy(b->vecs + (size_t)b->n * (size_t)b->dim, c->vec, sizeof(float) * (size_t)b->dim);
     return ++b->n == REBUILD_BATCH ? flush_batch(b) : 0;
 }
@@ -68,15 +77,56 @@ static int rebuild(lloco_retriever *r) {
         lloco_index_free(ix);
         return rc;
     }
+    pthread_rwlock_wrlock(&r->lock);
     lloco_index_free(r->ix);
     r->ix = ix;
+    r->gen = gen;
+    r->next_id = b.next_id;
+    pthread_rwlock_unlock(&r->lock);
     return 0;
+}
+
+/* Adds the chunks written since the index last caught up (by this process
+ * or another) as snapshot t sees them. Chunk ids only grow, so they are the
+ * chunks from next_id on; chunks of documents deleted or replaced meanwhile
+ * stay in the index, and searches skip them. */
+static int catch_up(lloco_retriever *r, lloco_store_txn *t) {
+    const uint64_t g = lloco_store_txn_generation(t);
+    pthread_rwlock_rdlock(&r->lock);
+    const int behind = g > r->gen;
+    pthread_rwlock_unlock(&r->lock);
+    if (!behind) return 0;
+    int rc = 0;
+    pthread_rwlock_wrlock(&r->lock);
+    if (g > r->gen) {
+        rebuild_ctx b = {.ix = r->ix, .dim = r->p.dim, .next_id = r->next_id,
+                         .vecs = malloc(sizeof(float) * REBUILD_BATCH * (size_t)r->p.dim)};
+        if (!b.vecs) rc = lloco_error(LLOCO_ERR_NOMEM, "out of memory updating the index");
+        if (!rc) rc = lloco_store_foreach_chunk_from(t, r->next_id, add_chunk, &b);
+        if (!rc) rc = flush_batch(&b);
+        free(b.vecs);
+        if (!rc) {
+            if (b.next_id > r->next_id)
+                lloco_log(LLOCO_LOG_INFO,
+                          "index: added chunks %llu..%llu, written since generation %llu",
+                          (unsigned long long)r->next_id, (unsigned long long)b.next_id - 1,
+                          (unsigned long long)r->gen);
+            r->next_id = b.next_id;
+            r->gen = g;
+        }
+    }
+    pthread_rwlock_unlock(&r->lock);
+    return rc;
 }
 
 int lloco_retriever_open(lloco_store *s, const lloco_index_params *p, lloco_retriever **out) {
     *out = NULL;
     lloco_retriever *r = calloc(1, sizeof *r);
     if (!r) return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
+    if (pthread_rwlock_init(&r->lock, NULL)) {
+        free(r);
+        return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
+    }
     r->s = s;
     const int dim = lloco_store_fingerprint_of(s)->embed_dim;
     if (p) r->p = *p;
@@ -88,9 +138,11 @@ int lloco_retriever_open(lloco_store *s, const lloco_index_params *p, lloco_retr
         rc = lloco_error(LLOCO_ERR_INVAL, "index dimension %d, the store's vectors have %d",
                          r->p.dim, dim);
     uint64_t gen = 0;
+    lloco_store_stats st;
+    if (!rc) rc = lloco_store_stats_get(s, &st);
     if (!rc) {
         rc = lloco_index_load(r->path, dim, &gen, &r->ix);
-        uint64_t now = lloco_store_generation(s);
+        const uint64_t now = st.generation;
         if (rc == LLOCO_ERR_NOTFOUND)
             snprintf(r->rebuilt, sizeof r->rebuilt, "missing");
         else if (rc)
@@ -105,6 +157,9 @@ int lloco_retriever_open(lloco_store *s, const lloco_index_params *p, lloco_retr
             lloco_log(strcmp(r->rebuilt, "missing") ? LLOCO_LOG_WARN : LLOCO_LOG_INFO,
                       "rebuilding %s (%s)", r->path, r->rebuilt);
             rc = rebuild(r);
+        } else {
+            r->gen = now;
+            r->next_id = st.next_chunk;
         }
     }
     if (rc) {
@@ -118,6 +173,7 @@ int lloco_retriever_open(lloco_store *s, const lloco_index_params *p, lloco_retr
 void lloco_retriever_close(lloco_retriever *r) {
     if (!r) return;
     lloco_index_free(r->ix);
+    pthread_rwlock_destroy(&r->lock);
     free(r);
 }
 
@@ -129,24 +185,69 @@ int lloco_retriever_reindex(lloco_retriever *r) { return rebuild(r); }
 
 int lloco_retriever_add(lloco_retriever *r, int64_t n, const uint64_t *ids, const float *vecs) {
     if (n <= 0) return 0;
+    /* Chunks below ids[0] that the index lacks (another process wrote
+     * them) come first, so that next_id keeps its meaning. */
+    pthread_rwlock_rdlock(&r->lock);
+    const int gap = ids[0] > r->next_id;
+    pthread_rwlock_unlock(&r->lock);
+    if (gap) {
+        lloco_store_txn *t;
+        int rc = lloco_store_read_begin(r->s, &t);
+        if (rc) return rc;
+        rc = catch_up(r, t);
+        lloco_store_read_end(t);
+        if (rc) return rc;
+    }
+    const size_t dim = (size_t)r->p.dim;
     int64_t *iid = malloc(sizeof(int64_t) * (size_t)n);
-    if (!iid) return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
-    for (int64_t i = 0; i < n; i++) iid[i] = (int64_t)ids[i];
-    int rc = lloco_index_add(r->ix, n, vecs, iid);
+    float *kept = malloc(sizeof(float) * (size_t)n * dim);
+    if (!iid || !kept) {
+        free(iid);
+        free(kept);
+        return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
+    }
+    pthread_rwlock_wrlock(&r->lock);
+    /* a search or the catch-up above may have added these already */
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] < r->next_id) continue;
+        iid[m] = (int64_t)ids[i];
+        memcpy(kept + (size_t)m * dim, vecs + (size_t)i * dim, sizeof(float) * dim);
+        m++;
+    }
+    int rc = m ? lloco_index_add(r->ix, m, kept, iid) : 0;
+    for (int64_t i = 0; !rc && i < m; i++)
+        if ((uint64_t)iid[i] >= r->next_id) r->next_id = (uint64_t)iid[i] + 1;
+    pthread_rwlock_unlock(&r->lock);
     free(iid);
+    free(kept);
     return rc;
 }
 
+/* Caught up first, the index holds every chunk of the generation it is
+ * stamped with (another process may have written since this one's adds). */
 int lloco_retriever_save(lloco_retriever *r) {
-    return lloco_index_save(r->ix, r->path, lloco_store_generation(r->s));
+    lloco_store_txn *t;
+    int rc = lloco_store_read_begin(r->s, &t);
+    if (rc) return rc;
+    rc = catch_up(r, t);
+    lloco_store_read_end(t);
+    if (rc) return rc;
+    pthread_rwlock_rdlock(&r->lock);
+    rc = lloco_index_save(r->ix, r->path, r->gen);
+    pthread_rwlock_unlock(&r->lock);
+    return rc;
 }
 
-int64_t lloco_retriever_size(const lloco_retriever *r) { return lloco_index_size(r->ix); }
+int64_t lloco_retriever_size(lloco_retriever *r) {
+    pthread_rwlock_rdlock(&r->lock);
+    const int64_t n = lloco_index_size(r->ix);
+    pthread_rwlock_unlock(&r->lock);
+    return n;
+}
 
-int lloco_retriever_search(lloco_retriever *r, lloco_store_txn *t, const float *q, int k,
-                           const char *group, lloco_hit *hits, int *n_hits) {
-    *n_hits = 0;
-    if (k <= 0) return lloco_error(LLOCO_ERR_INVAL, "k must be positive (got %d)", k);
+static int search_locked(lloco_retriever *r, lloco_store_txn *t, const float *q, int k,
+                         const char *group, lloco_hit *hits, int *n_hits) {
     const int64_t size = lloco_index_size(r->ix);
     if (size == 0) return 0;
     /* Filtering drops hits (other groups, replaced documents): ask for more
@@ -187,4 +288,16 @@ int lloco_retriever_search(lloco_retriever *r, lloco_store_txn *t, const float *
         if (n == k || want == size) return 0;
         want *= 4;
     }
+}
+
+int lloco_retriever_search(lloco_retriever *r, lloco_store_txn *t, const float *q, int k,
+                           const char *group, lloco_hit *hits, int *n_hits) {
+    *n_hits = 0;
+    if (k <= 0) return lloco_error(LLOCO_ERR_INVAL, "k must be positive (got %d)", k);
+    int rc = catch_up(r, t);
+    if (rc) return rc;
+    pthread_rwlock_rdlock(&r->lock);
+    rc = search_locked(r, t, q, k, group, hits, n_hits);
+    pthread_rwlock_unlock(&r->lock);
+    return rc;
 }

@@ -149,10 +149,14 @@ int lloco_store_foreach_doc(lloco_store_txn *t,
                             int (*cb)(void *ctx, const lloco_doc_view *d), void *ctx);
 int lloco_store_foreach_chunk(lloco_store_txn *t,
                               int (*cb)(void *ctx, const lloco_chunk_view *c), void *ctx);
+/* The chunks whose id is at least first_id, in id order. */
+int lloco_store_foreach_chunk_from(lloco_store_txn *t, uint64_t first_id,
+                                   int (*cb)(void *ctx, const lloco_chunk_view *c), void *ctx);
 
 typedef struct {
     uint64_t n_docs, n_chunks, n_tokens, n_slots, n_groups;
     uint64_t generation;
+    uint64_t next_chunk; /* the id the next chunk written will get */
     size_t map_bytes, used_bytes;
 } lloco_store_stats;
 int lloco_store_stats_get(lloco_store *s, lloco_store_stats *out);
@@ -258,7 +262,11 @@ int lloco_embedder_embed(lloco_embedder *e, const char *const *texts, const size
  * stamped with the store generation it reflects. Opening loads it and
  * rebuilds it from the store's chunks when it is missing, damaged, of the
  * wrong dimension or stale (written at an older generation); what happened
- * is logged and reported by lloco_retriever_rebuilt. */
+ * is logged and reported by lloco_retriever_rebuilt. Afterwards a search
+ * first adds the chunks written since (by this process or another one, as
+ * `lloco ingest` beside a running server), so a long-lived retriever finds
+ * them; it does not save the index. Searches may run concurrently with
+ * each other and with adds. */
 typedef struct lloco_retriever lloco_retriever;
 
 /* p: NULL for the defaults; p->dim 0 means the store's embed_dim. The
@@ -272,9 +280,10 @@ const char *lloco_retriever_rebuilt(const lloco_retriever *r);
 int lloco_retriever_reindex(lloco_retriever *r);
 /* Adds chunks just written with lloco_store_put_doc (ids, vecs [n][dim]). */
 int lloco_retriever_add(lloco_retriever *r, int64_t n, const uint64_t *ids, const float *vecs);
-/* Writes the index atomically, stamped with the store's generation. */
+/* Catches up with the store (see above), then writes the index atomically,
+ * stamped with the generation it then reflects. */
 int lloco_retriever_save(lloco_retriever *r);
-int64_t lloco_retriever_size(const lloco_retriever *r);
+int64_t lloco_retriever_size(lloco_retriever *r);
 
 typedef struct {
     uint64_t chunk_id;
@@ -282,7 +291,7 @@ typedef struct {
 } lloco_hit;
 
 /* The k best chunks for query vector q (dim floats, normalised), best
- * first, restricted to documents of `group` when group is not NULL, and to
+ * first, among the chunks snapshot t holds (see above), restricted to documents of `group` when group is not NULL, and to
  * chunks still in the store as t sees it (ids of replaced documents that
  * the index still holds are skipped). *n_hits <= k. */
 int lloco_retriever_search(lloco_retriever *r, lloco_store_txn *t, const float *q, int k,

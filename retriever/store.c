@@ -594,14 +594,16 @@ int lloco_store_get_chunk(lloco_store_txn *t, uint64_t chunk_id, lloco_chunk_vie
 
 /* Walks dbi in key order, handing each record to visit(); stops at the
  * first non-zero result and returns it. */
-static int walk(lloco_store_txn *t, MDB_dbi dbi,
+/* Visits the records of dbi in key order, from the first key >= *start
+ * when start is not NULL. */
+static int walk(lloco_store_txn *t, MDB_dbi dbi, const MDB_val *start,
                 int (*visit)(lloco_store_txn *t, const MDB_val *k, const MDB_val *v, void *ctx),
                 void *ctx) {
     MDB_cursor *cur;
     int rc = mdb_cursor_open(t->txn, dbi, &cur);
     if (rc) return store_mdb_error(t->s, rc, "open cursor");
-    MDB_val k, v;
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+    MDB_val k = start ? *start : (MDB_val){0}, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, start ? MDB_SET_RANGE : MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         int r = visit(t, &k, &v, ctx);
         if (r) {
@@ -636,13 +638,22 @@ static int visit_chunk(lloco_store_txn *t, const MDB_val *k, const MDB_val *v, v
 int lloco_store_foreach_doc(lloco_store_txn *t, int (*cb)(void *ctx, const lloco_doc_view *d),
                             void *ctx) {
     walk_ctx w = {.doc_cb = cb, .ctx = ctx};
-    return walk(t, t->s->dbi_docs, visit_doc, &w);
+    return walk(t, t->s->dbi_docs, NULL, visit_doc, &w);
 }
 
 int lloco_store_foreach_chunk(lloco_store_txn *t, int (*cb)(void *ctx, const lloco_chunk_view *c),
                               void *ctx) {
     walk_ctx w = {.chunk_cb = cb, .ctx = ctx};
-    return walk(t, t->s->dbi_chunks, visit_chunk, &w);
+    return walk(t, t->s->dbi_chunks, NULL, visit_chunk, &w);
+}
+
+int lloco_store_foreach_chunk_from(lloco_store_txn *t, uint64_t first_id,
+                                   int (*cb)(void *ctx, const lloco_chunk_view *c), void *ctx) {
+    walk_ctx w = {.chunk_cb = cb, .ctx = ctx};
+    uint8_t key[8];
+    store_chunk_key(first_id, key);
+    const MDB_val start = {.mv_size = sizeof key, .mv_data = key};
+    return walk(t, t->s->dbi_chunks, &start, visit_chunk, &w);
 }
 
 int lloco_store_stats_get(lloco_store *s, lloco_store_stats *out) {
@@ -668,6 +679,7 @@ int lloco_store_stats_get(lloco_store *s, lloco_store_stats *out) {
     out->n_tokens = c.n_tokens;
     out->n_slots = c.n_slots;
     out->generation = c.generation;
+    out->next_chunk = c.next_chunk;
     out->map_bytes = info.me_mapsize;
     out->used_bytes = (info.me_last_pgno + 1) * s->psize;
     return 0;

@@ -431,6 +431,110 @@ static pid_t spawn_ingest(const char *store, const char *input) {
     return pid;
 }
 
+static int run_ingest(const char *store, const char *input) {
+    int status;
+    waitpid(spawn_ingest(store, input), &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void write_doc(const char *path, const char *id, unsigned seed) {
+    char *text = make_text(seed, 60);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "{\"id\":\"%s\",\"text\":\"%s\"}\n", id, text);
+    fclose(f);
+    free(text);
+}
+
+/* A long-lived retriever (a server's) finds what `lloco ingest` wrote
+ * beside it, and not the chunks of a document it replaced. */
+TEST_CASE(ingest_by_another_process_is_searched) {
+    char dir[] = "/tmp/lloco-test-other-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char input[300], store[300];
+    snprintf(input, sizeof input, "%s/doc.jsonl", dir);
+    snprintf(store, sizeof store, "%s/store", dir);
+    write_doc(input, "doc-a", 1);
+    CHECK(run_ingest(store, input) == 0);
+    lloco_store *s = NULL;
+    lloco_retriever *r = NULL;
+    CHECK_OK(lloco_store_open(store, NULL, 0, &s));
+    if (s) CHECK_OK(lloco_retriever_open(s, NULL, &r));
+    if (!r) {
+        lloco_store_close(s);
+        rm_rf(dir);
+        return;
+    }
+    const int64_t before = lloco_retriever_size(r);
+    write_doc(input, "doc-b", 2);
+    CHECK(run_ingest(store, input) == 0);
+
+    lloco_store_txn *t;
+    lloco_doc_view d;
+    lloco_chunk_view c;
+    lloco_hit hits[4];
+    int n = 0;
+    float old_vec[64];
+    uint64_t old_id = 0;
+    CHECK_OK(lloco_store_read_begin(s, &t));
+    CHECK_OK(lloco_store_get_doc(t, "doc-b", &d));
+    CHECK_OK(lloco_store_get_chunk(t, d.first_chunk, &c));
+    CHECK(c.dim <= 64);
+    memcpy(old_vec, c.vec, sizeof(float) * (size_t)c.dim);
+    old_id = c.id;
+    CHECK_OK(lloco_retriever_search(r, t, c.vec, 1, NULL, hits, &n));
+    CHECK(n == 1 && hits[0].chunk_id == c.id);
+    CHECK(lloco_retriever_size(r) == before + (int64_t)d.n_chunks);
+    lloco_store_read_end(t);
+
+    /* doc-b again with other text: its old chunks are gone from searches */
+    write_doc(input, "doc-b", 3);
+    CHECK(run_ingest(store, input) == 0);
+    CHECK_OK(lloco_store_read_begin(s, &t));
+    CHECK_OK(lloco_store_get_doc(t, "doc-b", &d));
+    CHECK(d.first_chunk > old_id);
+    CHECK_OK(lloco_retriever_search(r, t, old_vec, 4, NULL, hits, &n));
+    CHECK(n >= 1);
+    for (int i = 0; i < n; i++) CHECK(hits[i].chunk_id != old_id);
+    CHECK_OK(lloco_store_get_chunk(t, d.first_chunk, &c));
+    CHECK_OK(lloco_retriever_search(r, t, c.vec, 1, NULL, hits, &n));
+    CHECK(n == 1 && hits[0].chunk_id == c.id);
+    lloco_store_read_end(t);
+    lloco_retriever_close(r);
+    lloco_store_close(s);
+    rm_rf(dir);
+}
+
+/* Two `lloco ingest` runs at once on one store: every document whole, and
+ * the index file the last one saved (or its rebuild) holds each chunk once. */
+TEST_CASE(ingest_two_writers) {
+    char dir[] = "/tmp/lloco-test-two-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char input[2][300], store[300], seed[300];
+    snprintf(store, sizeof store, "%s/store", dir);
+    snprintf(seed, sizeof seed, "%s/seed.jsonl", dir);
+    for (int w = 0; w < 2; w++) {
+        snprintf(input[w], sizeof input[w], "%s/docs-%d.jsonl", dir, w);
+        FILE *f = fopen(input[w], "w");
+        for (int i = 0; i < 15; i++) {
+            char *text = make_text((unsigned)(w * 100 + i) * 17u + 5u, 30 + (i * 13) % 50);
+            fprintf(f, "{\"id\":\"w%d-%02d\",\"text\":\"%s\"}\n", w, i, text);
+            free(text);
+        }
+        fclose(f);
+    }
+    /* the store exists before both start */
+    write_doc(seed, "seed", 9);
+    CHECK(run_ingest(store, seed) == 0);
+    pid_t pid[2] = {spawn_ingest(store, input[0]), spawn_ingest(store, input[1])};
+    for (int w = 0; w < 2; w++) {
+        int status;
+        waitpid(pid[w], &status, 0);
+        CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 0, "writer %d: status %d", w, status);
+    }
+    CHECK(verify_store(store) == 31);
+    rm_rf(dir);
+}
+
 TEST_CASE(ingest_survives_sigkill) {
     char dir[] = "/tmp/lloco-test-crash-XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
