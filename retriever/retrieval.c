@@ -119,6 +119,16 @@ static int catch_up(lloco_retriever *r, lloco_store_txn *t) {
     return rc;
 }
 
+/* catch_up on a snapshot of now. */
+static int catch_up_now(lloco_retriever *r) {
+    lloco_store_txn *t;
+    int rc = lloco_store_read_begin(r->s, &t);
+    if (rc) return rc;
+    rc = catch_up(r, t);
+    lloco_store_read_end(t);
+    return rc;
+}
+
 int lloco_retriever_open(lloco_store *s, const lloco_index_params *p, lloco_retriever **out) {
     *out = NULL;
     lloco_retriever *r = calloc(1, sizeof *r);
@@ -191,11 +201,7 @@ int lloco_retriever_add(lloco_retriever *r, int64_t n, const uint64_t *ids, cons
     const int gap = ids[0] > r->next_id;
     pthread_rwlock_unlock(&r->lock);
     if (gap) {
-        lloco_store_txn *t;
-        int rc = lloco_store_read_begin(r->s, &t);
-        if (rc) return rc;
-        rc = catch_up(r, t);
-        lloco_store_read_end(t);
+        int rc = catch_up_now(r);
         if (rc) return rc;
     }
     const size_t dim = (size_t)r->p.dim;
@@ -227,11 +233,7 @@ int lloco_retriever_add(lloco_retriever *r, int64_t n, const uint64_t *ids, cons
 /* Caught up first, the index holds every chunk of the generation it is
  * stamped with (another process may have written since this one's adds). */
 int lloco_retriever_save(lloco_retriever *r) {
-    lloco_store_txn *t;
-    int rc = lloco_store_read_begin(r->s, &t);
-    if (rc) return rc;
-    rc = catch_up(r, t);
-    lloco_store_read_end(t);
+    int rc = catch_up_now(r);
     if (rc) return rc;
     pthread_rwlock_rdlock(&r->lock);
     rc = lloco_index_save(r->ix, r->path, r->gen);

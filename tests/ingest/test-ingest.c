@@ -437,6 +437,14 @@ static int run_ingest(const char *store, const char *input) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+/* Makes dir (a mkdtemp template) and names an input file and a store in it. */
+static int make_dir(char *dir, const char *input_name, char input[300], char store[300]) {
+    if (!mkdtemp(dir)) return -1;
+    snprintf(input, 300, "%s/%s", dir, input_name);
+    snprintf(store, 300, "%s/store", dir);
+    return 0;
+}
+
 static void write_doc(const char *path, const char *id, unsigned seed) {
     char *text = make_text(seed, 60);
     FILE *f = fopen(path, "w");
@@ -448,11 +456,8 @@ static void write_doc(const char *path, const char *id, unsigned seed) {
 /* A long-lived retriever (a server's) finds what `lloco ingest` wrote
  * beside it, and not the chunks of a document it replaced. */
 TEST_CASE(ingest_by_another_process_is_searched) {
-    char dir[] = "/tmp/lloco-test-other-XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
-    char input[300], store[300];
-    snprintf(input, sizeof input, "%s/doc.jsonl", dir);
-    snprintf(store, sizeof store, "%s/store", dir);
+    char dir[] = "/tmp/lloco-test-other-XXXXXX", input[300], store[300];
+    CHECK(make_dir(dir, "doc.jsonl", input, store) == 0);
     write_doc(input, "doc-a", 1);
     CHECK(run_ingest(store, input) == 0);
     lloco_store *s = NULL;
@@ -507,11 +512,8 @@ TEST_CASE(ingest_by_another_process_is_searched) {
 /* Two `lloco ingest` runs at once on one store: every document whole, and
  * the index file the last one saved (or its rebuild) holds each chunk once. */
 TEST_CASE(ingest_two_writers) {
-    char dir[] = "/tmp/lloco-test-two-XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
-    char input[2][300], store[300], seed[300];
-    snprintf(store, sizeof store, "%s/store", dir);
-    snprintf(seed, sizeof seed, "%s/seed.jsonl", dir);
+    char dir[] = "/tmp/lloco-test-two-XXXXXX", seed[300], store[300], input[2][300];
+    CHECK(make_dir(dir, "seed.jsonl", seed, store) == 0);
     for (int w = 0; w < 2; w++) {
         snprintf(input[w], sizeof input[w], "%s/docs-%d.jsonl", dir, w);
         FILE *f = fopen(input[w], "w");
@@ -536,11 +538,8 @@ TEST_CASE(ingest_two_writers) {
 }
 
 TEST_CASE(ingest_survives_sigkill) {
-    char dir[] = "/tmp/lloco-test-crash-XXXXXX";
-    CHECK(mkdtemp(dir) != NULL);
-    char input[300], store[300];
-    snprintf(input, sizeof input, "%s/docs.jsonl", dir);
-    snprintf(store, sizeof store, "%s/store", dir);
+    char dir[] = "/tmp/lloco-test-crash-XXXXXX", input[300], store[300];
+    CHECK(make_dir(dir, "docs.jsonl", input, store) == 0);
     const int n_docs = 60;
     FILE *f = fopen(input, "w");
     for (int i = 0; i < n_docs; i++) {
