@@ -32,11 +32,13 @@ typedef struct {
     int64_t n;
     int64_t ids[REBUILD_BATCH];
     float *vecs;
-    uint64_t next_id; /* one past the highest id added */
+    uint64_t next_id;    /* one past the highest id taken */
+    uint64_t flushed_id; /* one past the highest id in the index */
 } rebuild_ctx;
 
 static int flush_batch(rebuild_ctx *b) {
     int rc = b->n ? lloco_index_add(b->ix, b->n, b->vecs, b->ids) : 0;
+    if (!rc) b->flushed_id = b->next_id;
     b->n = 0;
     return rc;
 }
@@ -81,7 +83,7 @@ static int rebuild(lloco_retriever *r) {
     lloco_index_free(r->ix);
     r->ix = ix;
     r->gen = gen;
-    r->next_id = b.next_id;
+    r->next_id = b.flushed_id;
     pthread_rwlock_unlock(&r->lock);
     return 0;
 }
@@ -100,20 +102,19 @@ static int catch_up(lloco_retriever *r, lloco_store_txn *t) {
     pthread_rwlock_wrlock(&r->lock);
     if (g > r->gen) {
         rebuild_ctx b = {.ix = r->ix, .dim = r->p.dim, .next_id = r->next_id,
+                         .flushed_id = r->next_id,
                          .vecs = malloc(sizeof(float) * REBUILD_BATCH * (size_t)r->p.dim)};
         if (!b.vecs) rc = lloco_error(LLOCO_ERR_NOMEM, "out of memory updating the index");
         if (!rc) rc = lloco_store_foreach_chunk_from(t, r->next_id, add_chunk, &b);
         if (!rc) rc = flush_batch(&b);
         free(b.vecs);
-        if (!rc) {
-            if (b.next_id > r->next_id)
-                lloco_log(LLOCO_LOG_INFO,
-                          "index: added chunks %llu..%llu, written since generation %llu",
-                          (unsigned long long)r->next_id, (unsigned long long)b.next_id - 1,
-                          (unsigned long long)r->gen);
-            r->next_id = b.next_id;
-            r->gen = g;
-        }
+        if (b.flushed_id > r->next_id)
+            lloco_log(LLOCO_LOG_INFO,
+                      "index: added chunks %llu..%llu, written since generation %llu",
+                      (unsigned long long)r->next_id, (unsigned long long)b.flushed_id - 1,
+                      (unsigned long long)r->gen);
+        r->next_id = b.flushed_id; /* after an error too: what went in stays in */
+        if (!rc) r->gen = g;
     }
     pthread_rwlock_unlock(&r->lock);
     return rc;
