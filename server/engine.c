@@ -454,6 +454,31 @@ static int cut_to_tokens(const lloco_tokenizer *tok, lloco_buf *ctx, int budget,
     return rc;
 }
 
+typedef struct {
+    const char *group;
+    int found;
+} group_probe;
+
+static int doc_in_group(void *ctx, const lloco_doc_view *d) {
+    group_probe *p = ctx;
+    p->found = !strcmp(d->group, p->group);
+    return p->found; /* stops the walk */
+}
+
+/* Mode none retrieves nothing, so a group it names must be known some other
+ * way: by an adapter assignment or a document. */
+static int check_group_known(lloco_engine *e, const char *group) {
+    lloco_store_txn *t;
+    int rc = lloco_store_read_begin(e->store, &t);
+    if (rc) return rc;
+    group_probe p = {group, 0};
+    rc = lloco_store_foreach_doc(t, doc_in_group, &p);
+    lloco_store_read_end(t);
+    if (rc == 1) return 0;
+    return rc ? rc : lloco_error(LLOCO_ERR_NOTFOUND, "no documents and no adapter in group '%s'",
+                                 group);
+}
+
 int lloco_engine_prepare(lloco_engine *e, const lloco_query *q, lloco_prepared *out) {
     memset(out, 0, sizeof *out);
     const double t0 = lloco_time_now();
@@ -526,6 +551,7 @@ int lloco_engine_prepare(lloco_engine *e, const lloco_query *q, lloco_prepared *
     else if (!rc && group[0]) {
         int g = lloco_store_group_get(e->store, group, adapter, sizeof adapter);
         if (g && g != LLOCO_ERR_NOTFOUND) rc = g;
+        if (g == LLOCO_ERR_NOTFOUND && q->mode == LLOCO_MODE_NONE) rc = check_group_known(e, group);
     }
     if (!rc && adapter[0]) {
         if (!e->bank)

@@ -747,6 +747,9 @@ TEST_CASE(api_error_statuses) {
              "{\"messages\":%s,\"mode\":\"text\",\"group\":\"gamma\",\"max_tokens\":2}", hi);
     expect(port, "POST", chat, AUTH, b, 404, "not_found", "unknown group");
     snprintf(b, sizeof b,
+             "{\"messages\":%s,\"mode\":\"none\",\"group\":\"gamma\",\"max_tokens\":2}", hi);
+    expect(port, "POST", chat, AUTH, b, 404, "not_found", "unknown group, mode none");
+    snprintf(b, sizeof b,
              "{\"messages\":%s,\"mode\":\"none\",\"adapter\":\"nope\",\"max_tokens\":2}", hi);
     expect(port, "POST", chat, AUTH, b, 404, "not_found", "unknown adapter");
     snprintf(b, sizeof b,
