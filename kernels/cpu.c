@@ -221,7 +221,7 @@ static void mm_float_task(void *p, int ith, int nth) {
     split_range(j->n, MM_ROW_ALIGN, ith, nth, &b, &e);
     if (b >= e) return;
     if (j->kern)
-        (j->m >= FLOAT_GEMM_MIN_M ? j->kern->mm_float_gemm : j->kern->mm_float)(
+        (j->m >= LLOCO_MATMUL_FLOAT_ROWS ? j->kern->mm_float_gemm : j->kern->mm_float)(
             j->wt, j->w + b * j->row_bytes, j->row_bytes, (int)(e - b), j->k, j->x, j->m, j->y + b,
             j->n);
     else

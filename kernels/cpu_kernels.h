@@ -34,10 +34,6 @@ typedef struct {
                      16 + 65 * (size_t)(head_dim)) +                                   \
      (16 + ATTN_V_CHUNK) * (size_t)(head_dim))
 
-/* Below this many activation rows mm_float, which reads each weight once
- * without packing, is as fast as mm_float_gemm. */
-#define FLOAT_GEMM_MIN_M LLOCO_MATMUL_FLOAT_ROWS
-
 /* The kernels of one ISA; every entry is set. (The scalar ISA has no table:
  * cpu.c's portable code runs instead.) */
 typedef struct {
@@ -79,9 +75,11 @@ typedef struct {
      * r < nrows, i < m. */
     void (*mm_float)(lloco_dtype wt, const uint8_t *w, size_t row_bytes, int nrows, int k,
                      const float *x, int m, float *y, int ldy);
-    /* The same products for m >= FLOAT_GEMM_MIN_M activation rows, weights
-     * packed into panels once per call; each output is one fma chain over
-     * the elements in order. Neither form's outputs depend on m. */
+    /* The same products for m >= LLOCO_MATMUL_FLOAT_ROWS activation rows
+     * (below that mm_float, which reads each weight once without packing,
+     * is as fast), weights packed into panels once per call; each output is
+     * one fma chain over the elements in order. Neither form's outputs
+     * depend on m. */
     void (*mm_float_gemm)(lloco_dtype wt, const uint8_t *w, size_t row_bytes, int nrows, int k,
                           const float *x, int m, float *y, int ldy);
 

@@ -465,6 +465,7 @@ static void forward(lloco_embedder *e, const window *win, int nw, int R, float *
     memset(x + (size_t)R * d, 0, (size_t)(rows - R) * d * sizeof(float));
     memset(e->ctx + (size_t)R * d, 0, (size_t)(rows - R) * d * sizeof(float));
     lloco_op_layernorm(be, x, e->ln_w, e->ln_b, rows, d, e->eps, x);
+    const float scale = 1.0f / sqrtf((float)e->head_dim);
     for (int l = 0; l < e->n_layer; l++) {
         const enc_layer *L = &e->layers[l];
         run_linear(be, &L->q, x, rows, e->q);
@@ -475,7 +476,7 @@ static void forward(lloco_embedder *e, const window *win, int nw, int R, float *
             const int len = e->n_pre + win[w].n + e->n_suf;
             const size_t o = (size_t)r0 * d;
             lloco_op_attention_full(be, e->q + o, len, e->n_head, e->head_dim, e->k + o, e->v + o,
-                                    d, 1.0f / sqrtf((float)e->head_dim), e->ctx + o);
+                                    d, scale, e->ctx + o);
             r0 += len;
         }
         run_linear(be, &L->o, e->ctx, rows, e->tmp);

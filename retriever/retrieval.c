@@ -91,13 +91,9 @@ static int rebuild(lloco_retriever *r) {
 /* Adds the chunks written since the index last caught up (by this process
  * or another) as snapshot t sees them. Chunk ids only grow, so they are the
  * chunks from next_id on; chunks of documents deleted or replaced meanwhile
- * stay in the index, and searches skip them. */
+ * stay in the index, and searches skip them. The caller holds no lock. */
 static int catch_up(lloco_retriever *r, lloco_store_txn *t) {
     const uint64_t g = lloco_store_txn_generation(t);
-    pthread_rwlock_rdlock(&r->lock);
-    const int behind = g > r->gen;
-    pthread_rwlock_unlock(&r->lock);
-    if (!behind) return 0;
     int rc = 0;
     pthread_rwlock_wrlock(&r->lock);
     if (g > r->gen) {
@@ -205,29 +201,19 @@ int lloco_retriever_add(lloco_retriever *r, int64_t n, const uint64_t *ids, cons
         int rc = catch_up_now(r);
         if (rc) return rc;
     }
-    const size_t dim = (size_t)r->p.dim;
     int64_t *iid = malloc(sizeof(int64_t) * (size_t)n);
-    float *kept = malloc(sizeof(float) * (size_t)n * dim);
-    if (!iid || !kept) {
-        free(iid);
-        free(kept);
-        return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
-    }
+    if (!iid) return lloco_error(LLOCO_ERR_NOMEM, "out of memory");
     pthread_rwlock_wrlock(&r->lock);
-    /* a search or the catch-up above may have added these already */
-    int64_t m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (ids[i] < r->next_id) continue;
-        iid[m] = (int64_t)ids[i];
-        memcpy(kept + (size_t)m * dim, vecs + (size_t)i * dim, sizeof(float) * dim);
-        m++;
-    }
-    int rc = m ? lloco_index_add(r->ix, m, kept, iid) : 0;
-    for (int64_t i = 0; !rc && i < m; i++)
-        if ((uint64_t)iid[i] >= r->next_id) r->next_id = (uint64_t)iid[i] + 1;
+    /* a search or the catch-up above may have added the first ones already */
+    int64_t skip = 0;
+    while (skip < n && ids[skip] < r->next_id) skip++;
+    for (int64_t i = skip; i < n; i++) iid[i] = (int64_t)ids[i];
+    int rc = skip < n ? lloco_index_add(r->ix, n - skip, vecs + (size_t)skip * (size_t)r->p.dim,
+                                        iid + skip)
+                      : 0;
+    if (!rc && skip < n) r->next_id = ids[n - 1] + 1;
     pthread_rwlock_unlock(&r->lock);
     free(iid);
-    free(kept);
     return rc;
 }
 
@@ -297,10 +283,14 @@ int lloco_retriever_search(lloco_retriever *r, lloco_store_txn *t, const float *
                            const char *group, lloco_hit *hits, int *n_hits) {
     *n_hits = 0;
     if (k <= 0) return lloco_error(LLOCO_ERR_INVAL, "k must be positive (got %d)", k);
-    int rc = catch_up(r, t);
-    if (rc) return rc;
     pthread_rwlock_rdlock(&r->lock);
-    rc = search_locked(r, t, q, k, group, hits, n_hits);
+    if (lloco_store_txn_generation(t) > r->gen) { /* rare: catch up first */
+        pthread_rwlock_unlock(&r->lock);
+        int rc = catch_up(r, t);
+        if (rc) return rc;
+        pthread_rwlock_rdlock(&r->lock);
+    }
+    int rc = search_locked(r, t, q, k, group, hits, n_hits);
     pthread_rwlock_unlock(&r->lock);
     return rc;
 }

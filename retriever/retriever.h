@@ -278,7 +278,8 @@ void lloco_retriever_close(lloco_retriever *r);
 const char *lloco_retriever_rebuilt(const lloco_retriever *r);
 /* Rebuilds the index from every chunk in the store and saves it. */
 int lloco_retriever_reindex(lloco_retriever *r);
-/* Adds chunks just written with lloco_store_put_doc (ids, vecs [n][dim]). */
+/* Adds chunks just written with lloco_store_put_doc (ids ascending, as it
+ * returns them; vecs [n][dim]); those the index already holds are skipped. */
 int lloco_retriever_add(lloco_retriever *r, int64_t n, const uint64_t *ids, const float *vecs);
 /* Catches up with the store (see above), then writes the index atomically,
  * stamped with the generation it then reflects. */
@@ -291,9 +292,10 @@ typedef struct {
 } lloco_hit;
 
 /* The k best chunks for query vector q (dim floats, normalised), best
- * first, among the chunks snapshot t holds (see above), restricted to documents of `group` when group is not NULL, and to
- * chunks still in the store as t sees it (ids of replaced documents that
- * the index still holds are skipped). *n_hits <= k. */
+ * first, restricted to documents of `group` when group is not NULL, and to
+ * chunks in the store as t sees it (the index first catches up with t, see
+ * above; ids of replaced documents that it still holds are skipped).
+ * *n_hits <= k. */
 int lloco_retriever_search(lloco_retriever *r, lloco_store_txn *t, const float *q, int k,
                            const char *group, lloco_hit *hits, int *n_hits);
 

@@ -592,10 +592,9 @@ int lloco_store_get_chunk(lloco_store_txn *t, uint64_t chunk_id, lloco_chunk_vie
     return store_chunk_rec_read(t->s, &k, &v, out);
 }
 
-/* Walks dbi in key order, handing each record to visit(); stops at the
- * first non-zero result and returns it. */
-/* Visits the records of dbi in key order, from the first key >= *start
- * when start is not NULL. */
+/* Walks dbi in key order, from the first key >= *start when start is not
+ * NULL, handing each record to visit(); stops at the first non-zero result
+ * and returns it. */
 static int walk(lloco_store_txn *t, MDB_dbi dbi, const MDB_val *start,
                 int (*visit)(lloco_store_txn *t, const MDB_val *k, const MDB_val *v, void *ctx),
                 void *ctx) {

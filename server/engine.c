@@ -454,16 +454,8 @@ static int cut_to_tokens(const lloco_tokenizer *tok, lloco_buf *ctx, int budget,
     return rc;
 }
 
-typedef struct {
-    const char *group;
-    int found;
-} group_probe;
-
-static int doc_in_group(void *ctx, const lloco_doc_view *d) {
-    group_probe *p = ctx;
-    p->found = !strcmp(d->group, p->group);
-    return p->found; /* stops the walk */
-}
+/* 1 (which stops the walk) for a document of group ctx */
+static int doc_in_group(void *ctx, const lloco_doc_view *d) { return !strcmp(d->group, ctx); }
 
 /* Mode none retrieves nothing, so a group it names must be known some other
  * way: by an adapter assignment or a document. */
@@ -471,8 +463,7 @@ static int check_group_known(lloco_engine *e, const char *group) {
     lloco_store_txn *t;
     int rc = lloco_store_read_begin(e->store, &t);
     if (rc) return rc;
-    group_probe p = {group, 0};
-    rc = lloco_store_foreach_doc(t, doc_in_group, &p);
+    rc = lloco_store_foreach_doc(t, doc_in_group, (void *)group);
     lloco_store_read_end(t);
     if (rc == 1) return 0;
     return rc ? rc : lloco_error(LLOCO_ERR_NOTFOUND, "no documents and no adapter in group '%s'",

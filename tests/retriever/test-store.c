@@ -185,6 +185,18 @@ static int count_chunk(void *ctx, const lloco_chunk_view *c) {
     return 0;
 }
 
+typedef struct {
+    int n;
+    uint64_t first, last;
+} id_span;
+
+static int span_chunk(void *ctx, const lloco_chunk_view *c) {
+    id_span *s = ctx;
+    if (s->n++ == 0) s->first = c->id;
+    s->last = c->id;
+    return 0;
+}
+
 static int log_group(void *ctx, const char *group, const char *adapter) {
     visit_log *l = ctx;
     snprintf(l->seen[l->n++], 64, "%s=%s", group, adapter);
@@ -241,6 +253,13 @@ TEST_CASE(store_roundtrip) {
     int n_chunks = 0;
     CHECK_OK(lloco_store_foreach_chunk(txn, count_chunk, &n_chunks));
     CHECK(n_chunks == 9);
+    /* from an id: that chunk on; past the last: nothing */
+    id_span sp = {0};
+    CHECK_OK(lloco_store_foreach_chunk_from(txn, docs[1].ids[0], span_chunk, &sp));
+    CHECK(sp.n == 6 && sp.first == docs[1].ids[0] && sp.last == docs[2].ids[4]);
+    sp = (id_span){0};
+    CHECK_OK(lloco_store_foreach_chunk_from(txn, docs[2].ids[4] + 1, span_chunk, &sp));
+    CHECK(sp.n == 0);
     lloco_store_read_end(txn);
 
     char buf[64];
@@ -256,6 +275,7 @@ TEST_CASE(store_roundtrip) {
     lloco_store_stats st;
     CHECK_OK(lloco_store_stats_get(s, &st));
     CHECK(st.n_docs == 3 && st.n_chunks == 9 && st.n_groups == 2);
+    CHECK(st.next_chunk == docs[2].ids[4] + 1);
     CHECK(st.n_tokens == 9 * 64 && st.n_slots == 3 * 4 + 5 * 2);
     CHECK(st.used_bytes > 0 && st.used_bytes <= st.map_bytes);
 
